@@ -1,0 +1,119 @@
+"""Scrape-time collector for the balance metrics.
+
+Fresh metric families are built on every scrape from the poller's state (client_python's custom
+collector pattern), so values older than ``max_staleness`` simply vanish instead of lingering.
+
+Sample output::
+
+    deepseek_balance{account="prod",currency="CNY"} 110.0
+    deepseek_up{account="prod"} 1.0
+    deepseek_balance_burn_rate{account="prod",currency="CNY",window="1h"} 0.0021
+    deepseek_balance_exhaustion_seconds{account="prod",currency="CNY"} 52380.9
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from exporter.forecast import BURN_RATE_WINDOWS
+from exporter.poller import BalancePoller, Clock
+
+
+class BalanceCollector(Collector):
+    def __init__(self, poller: BalancePoller, clock: Clock) -> None:
+        self.poller = poller
+        self.clock = clock
+
+    def describe(self) -> list[Metric]:
+        return []  # names depend on state; an empty describe keeps registration cheap
+
+    def collect(self) -> Iterator[Metric]:
+        now = self.clock()
+        max_staleness = self.poller.balance.max_staleness
+        forecast_window = self.poller.balance.forecast_window
+
+        def gauge(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, labels=labels)
+
+        total = gauge("deepseek_balance", "Total balance (granted + topped up).", ["account", "currency"])
+        granted = gauge("deepseek_balance_granted", "Granted (promotional) balance.", ["account", "currency"])
+        topped_up = gauge("deepseek_balance_topped_up", "Topped-up (paid) balance.", ["account", "currency"])
+        available = gauge(
+            "deepseek_account_available", "1 if the balance can pay for API calls.", ["account"]
+        )
+        threshold = gauge(
+            "deepseek_balance_low_threshold",
+            "Configured low-balance threshold, in the balance's currency.",
+            ["account", "currency"],
+        )
+        up = gauge("deepseek_up", "1 if the last balance poll succeeded.", ["account"])
+        last_success = gauge(
+            "deepseek_balance_last_success_timestamp_seconds",
+            "Unix time of the last successful balance poll.",
+            ["account"],
+        )
+        duration = gauge(
+            "deepseek_balance_poll_duration_seconds", "Duration of the last balance poll.", ["account"]
+        )
+        errors = CounterMetricFamily(
+            "deepseek_balance_poll_errors",
+            "Failed balance polls by reason.",
+            labels=["account", "reason"],
+        )
+        spent = CounterMetricFamily(
+            "deepseek_balance_spent",
+            "Sum of observed balance decreases since start.",
+            labels=["account", "currency"],
+        )
+        topups = CounterMetricFamily(
+            "deepseek_balance_topups",
+            "Number of observed balance increases (top-ups) since start.",
+            labels=["account", "currency"],
+        )
+        burn = gauge(
+            "deepseek_balance_burn_rate",
+            "Spend per second over the window (the covered span while less history exists).",
+            ["account", "currency", "window"],
+        )
+        exhaustion = gauge(
+            "deepseek_balance_exhaustion_seconds",
+            "Seconds until the balance reaches zero at the forecast-window burn rate.",
+            ["account", "currency"],
+        )
+
+        for name, state in self.poller.states.items():
+            up.add_metric([name], 1.0 if state.up else 0.0)
+            for reason, count in state.errors.items():
+                errors.add_metric([name, reason], count)
+            if state.last_duration is not None:
+                duration.add_metric([name], state.last_duration)
+            if state.last_success is not None:
+                last_success.add_metric([name], state.last_success)
+            for currency, tracker in state.trackers.items():
+                spent.add_metric([name, currency], float(tracker.spent_total))
+                topups.add_metric([name, currency], tracker.topups_total)
+            reply = state.last_reply
+            if reply is None or not state.is_fresh(now, max_staleness):
+                continue
+            available.add_metric([name], 1.0 if reply.is_available else 0.0)
+            for balance in reply.balances:
+                labels = [name, balance.currency]
+                total.add_metric(labels, float(balance.total))
+                granted.add_metric(labels, float(balance.granted))
+                topped_up.add_metric(labels, float(balance.topped_up))
+                if state.account.low_balance_threshold is not None:
+                    threshold.add_metric(labels, float(state.account.low_balance_threshold))
+                tracker = state.trackers[balance.currency]
+                for window_name, window in BURN_RATE_WINDOWS.items():
+                    rate = tracker.burn_rate(window, now)
+                    if rate is not None:
+                        burn.add_metric([*labels, window_name], rate)
+                seconds = tracker.exhaustion_seconds(forecast_window, now)
+                if seconds is not None:
+                    exhaustion.add_metric(labels, seconds)
+
+        yield from (total, granted, topped_up, available, threshold, up, last_success, duration)
+        yield from (errors, spent, topups, burn, exhaustion)

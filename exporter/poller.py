@@ -1,0 +1,130 @@
+"""Background balance polling: one task per account, results kept for scrape time.
+
+Scrapes never wait on DeepSeek: Prometheus reads the last result, the poller refreshes it every
+``poll_interval`` with a little jitter so that many replicas do not poll in lock-step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+
+from exporter.balance import POLL_ERROR_REASONS, BalanceReply, PollError, fetch_balance
+from exporter.config import AccountConfig, BalanceConfig, DeepSeekConfig
+from exporter.forecast import BURN_RATE_WINDOWS, SpendTracker
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+JITTER = 0.1  # +-10 % of the interval
+
+
+@dataclass
+class AccountState:
+    """Everything known about one account, as of its last poll."""
+
+    account: AccountConfig
+    retention: float
+    polled: bool = False
+    up: bool = False
+    last_reply: BalanceReply | None = None
+    last_success: float | None = None
+    last_duration: float | None = None
+    last_error: str | None = None
+    errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(POLL_ERROR_REASONS, 0))
+    trackers: dict[str, SpendTracker] = field(default_factory=dict)
+
+    def record_success(self, reply: BalanceReply, at: float, duration: float) -> None:
+        self.polled, self.up = True, True
+        self.last_reply, self.last_success, self.last_duration = reply, at, duration
+        self.last_error = None
+        for balance in reply.balances:
+            tracker = self.trackers.setdefault(balance.currency, SpendTracker(self.retention))
+            tracker.observe(at, balance.total)
+
+    def record_failure(self, error: PollError, duration: float) -> None:
+        self.polled, self.up = True, False
+        self.last_duration = duration
+        self.last_error = f"{error.reason}: {error}"
+        self.errors[error.reason] += 1
+
+    def is_fresh(self, now: float, max_staleness: float) -> bool:
+        return self.last_success is not None and now - self.last_success <= max_staleness
+
+
+class BalancePoller:
+    """Polls every account's balance in parallel and keeps an AccountState per account."""
+
+    def __init__(
+        self,
+        deepseek: DeepSeekConfig,
+        balance: BalanceConfig,
+        accounts: tuple[AccountConfig, ...],
+        *,
+        clock: Clock = time.time,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.deepseek = deepseek
+        self.balance = balance
+        self.clock = clock
+        self._client = client or httpx.AsyncClient(follow_redirects=False)
+        retention = max(max(BURN_RATE_WINDOWS.values()), balance.forecast_window)
+        self.states: dict[str, AccountState] = {
+            a.name: AccountState(account=a, retention=retention) for a in accounts
+        }
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def reconfigure(self, deepseek: DeepSeekConfig, balance: BalanceConfig, accounts: tuple[AccountConfig, ...]) -> None:
+        """Apply a reloaded config, keeping history of accounts that stay (same name and key)."""
+        old = self.states
+        self.deepseek, self.balance = deepseek, balance
+        retention = max(max(BURN_RATE_WINDOWS.values()), balance.forecast_window)
+        self.states = {}
+        for account in accounts:
+            state = old.get(account.name)
+            if state is not None and state.account.api_key == account.api_key:
+                state.account, state.retention = account, retention
+                self.states[account.name] = state
+            else:
+                self.states[account.name] = AccountState(account=account, retention=retention)
+
+    @property
+    def ready(self) -> bool:
+        return all(s.polled for s in self.states.values())
+
+    async def poll_account(self, state: AccountState) -> None:
+        started = time.perf_counter()
+        try:
+            reply = await fetch_balance(
+                self._client, self.deepseek.base_url, state.account.api_key, self.deepseek.timeout
+            )
+        except PollError as error:
+            state.record_failure(error, time.perf_counter() - started)
+            log.warning("balance poll failed account=%s reason=%s error=%s",
+                        state.account.name, error.reason, error)
+            return
+        state.record_success(reply, self.clock(), time.perf_counter() - started)
+        log.debug("balance poll succeeded account=%s", state.account.name)
+
+    async def poll_once(self) -> None:
+        """Poll every account once, concurrently."""
+        await asyncio.gather(*(self.poll_account(s) for s in list(self.states.values())))
+
+    async def run(self) -> None:
+        """Poll forever; each round starts a jittered interval after the previous one started."""
+        if not self.balance.poll_interval:
+            return
+        while True:
+            started = time.monotonic()
+            await self.poll_once()
+            interval = self.balance.poll_interval * random.uniform(1 - JITTER, 1 + JITTER)
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

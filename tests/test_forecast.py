@@ -1,0 +1,75 @@
+"""Spend, top-ups, burn rate and exhaustion arithmetic, on explicit timestamps."""
+
+from __future__ import annotations
+
+import math
+from decimal import Decimal
+
+import pytest
+
+from exporter.forecast import SpendTracker
+
+HOUR = 3600.0
+
+
+def tracker_with(points: list[tuple[float, str]], retention: float = 24 * HOUR) -> SpendTracker:
+    tracker = SpendTracker(retention)
+    for at, balance in points:
+        tracker.observe(at, Decimal(balance))
+    return tracker
+
+
+def test_spend_is_the_sum_of_decreases_and_topups_are_counted_not_subtracted() -> None:
+    tracker = tracker_with([(0, "100"), (60, "90"), (120, "85.5"), (180, "185.5"), (240, "180")])
+    assert tracker.spent_total == Decimal("20.0")
+    assert tracker.topups_total == 1
+    assert tracker.last_balance == Decimal("180")
+
+
+def test_burn_rate_uses_the_covered_span_while_history_is_short() -> None:
+    tracker = tracker_with([(0, "100"), (600, "94")])
+    # 6 spent over 600 s, whatever the window asked for.
+    for window in (HOUR, 6 * HOUR, 24 * HOUR):
+        assert tracker.burn_rate(window, now=600) == pytest.approx(0.01)
+
+
+def test_burn_rate_covers_only_the_window() -> None:
+    # Fast spend in the first hour, slow spend in the second.
+    points = [(i * 60.0, str(1000 - i * 2)) for i in range(61)]  # 120 spent in hour 1
+    points += [(3600 + i * 60.0, str(880 - i * 0.5)) for i in range(1, 61)]  # 30 in hour 2
+    tracker = tracker_with(points)
+    now = 7200.0
+    assert tracker.burn_rate(HOUR, now) == pytest.approx(30 / 3600)
+    assert tracker.burn_rate(6 * HOUR, now) == pytest.approx(150 / 7200)
+
+
+def test_topup_does_not_reduce_the_burn_rate() -> None:
+    tracker = tracker_with([(0, "10"), (1800, "9"), (1801, "109"), (3600, "108")])
+    assert tracker.burn_rate(HOUR, 3600) == pytest.approx(2 / 3600)
+
+
+def test_exhaustion_forecast() -> None:
+    tracker = tracker_with([(0, "100"), (3600, "90")])
+    assert tracker.exhaustion_seconds(6 * HOUR, 3600) == pytest.approx(90 / (10 / 3600))
+
+
+def test_exhaustion_is_infinite_when_nothing_is_spent_and_zero_when_empty() -> None:
+    assert tracker_with([(0, "5"), (60, "5")]).exhaustion_seconds(HOUR, 60) == math.inf
+    assert tracker_with([(0, "5"), (60, "0")]).exhaustion_seconds(HOUR, 60) == 0
+
+
+def test_no_estimate_from_a_single_observation() -> None:
+    tracker = tracker_with([(0, "5")])
+    assert tracker.burn_rate(HOUR, 0) is None
+    assert tracker.exhaustion_seconds(HOUR, 0) is None
+
+
+def test_history_is_bounded_by_retention() -> None:
+    tracker = tracker_with([(i * 60.0, str(10000 - i)) for i in range(5000)], retention=HOUR)
+    assert len(tracker._times) <= 62
+    assert tracker.burn_rate(HOUR, 4999 * 60) == pytest.approx(1 / 60)
+
+
+def test_clock_going_backwards_is_ignored() -> None:
+    tracker = tracker_with([(100, "10"), (50, "5"), (160, "9")])
+    assert tracker.spent_total == Decimal("1")
