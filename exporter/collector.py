@@ -31,6 +31,8 @@ class BalanceCollector(Collector):
         return []  # names depend on state; an empty describe keeps registration cheap
 
     def collect(self) -> Iterator[Metric]:
+        if not self.poller.enabled:
+            return  # a proxy-only replica: no poll state to report, not even deepseek_up 0
         now = self.clock()
         max_staleness = self.poller.balance.max_staleness
         forecast_window = self.poller.balance.forecast_window

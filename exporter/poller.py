@@ -95,8 +95,13 @@ class BalancePoller:
                 self.states[account.name] = AccountState(account=account, retention=retention)
 
     @property
+    def enabled(self) -> bool:
+        """False on proxy-only replicas (``poll_interval: 0``)."""
+        return bool(self.balance.poll_interval)
+
+    @property
     def ready(self) -> bool:
-        return all(s.polled for s in self.states.values())
+        return not self.enabled or all(s.polled for s in self.states.values())
 
     async def poll_account(self, state: AccountState) -> None:
         started = time.perf_counter()
@@ -118,9 +123,7 @@ class BalancePoller:
 
     async def run(self) -> None:
         """Poll forever; each round starts a jittered interval after the previous one started."""
-        if not self.balance.poll_interval:
-            return
-        while True:
+        while self.enabled:
             started = time.monotonic()
             await self.poll_once()
             interval = self.balance.poll_interval * random.uniform(1 - JITTER, 1 + JITTER)

@@ -1,0 +1,205 @@
+"""The app factory: one Exporter object owns the registry, the poller, the proxy and the listeners.
+
+No module-level state: tests build as many exporters as they like, each with its own registry,
+clock and configuration, and drive them directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Gauge
+
+from exporter import __version__
+from exporter.collector import BalanceCollector
+from exporter.config import Config, ConfigError, load_config
+from exporter.metrics import ProxyMetrics
+from exporter.poller import BalancePoller, Clock
+from exporter.pricing import PriceTable, PricingError
+from exporter.proxy import Proxy
+from exporter.web import make_web_app
+
+log = logging.getLogger(__name__)
+
+
+def load_all(
+    path: str | Path | None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, str | None] | None = None,
+) -> tuple[Config, PriceTable]:
+    """Load and check everything a config names (price table, web config files) or raise ConfigError."""
+    config = load_config(path, environ, overrides)
+    try:
+        prices = PriceTable.load(config.pricing.file)
+    except PricingError as err:
+        raise ConfigError(str(err)) from None
+    for file in (config.web.config_file, config.proxy.web_config_file):
+        if file is not None:
+            # Imported here: TLS and bcrypt are not needed by exporters that do not use them.
+            from exporter.webconfig import WebConfigError, load_web_config
+
+            try:
+                load_web_config(file)
+            except WebConfigError as err:
+                raise ConfigError(str(err)) from None
+    return config, prices
+
+
+# Reads the configuration again for a reload; raises ConfigError.
+Loader = Callable[[], tuple[Config, PriceTable]]
+
+
+def split_listen_address(address: str) -> tuple[str | None, int]:
+    host, _, port = address.rpartition(":")
+    return (host.strip("[]") or None), int(port)
+
+
+class Exporter:
+    """Everything one exporter process runs. Build with :func:`create_app`, then ``await start()``."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        loader: Loader | None = None,
+        registry: CollectorRegistry | None = None,
+        clock: Clock = time.time,
+        prices: PriceTable | None = None,
+    ) -> None:
+        self.config = config
+        self.loader = loader
+        self.clock = clock
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=False)
+        self.prices = prices or PriceTable.load(config.pricing.file)
+
+        Gauge(
+            "deepseek_exporter_build_info",
+            "Build information; the value is always 1.",
+            ["version"],
+            registry=self.registry,
+        ).labels(__version__).set(1)
+        self._reload_ok = Gauge(
+            "deepseek_exporter_config_last_reload_successful",
+            "1 if the last configuration reload succeeded.",
+            registry=self.registry,
+        )
+        self._reload_time = Gauge(
+            "deepseek_exporter_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful configuration load.",
+            registry=self.registry,
+        )
+        self._reload_ok.set(1)
+        self._reload_time.set(clock())
+
+        self.poller = BalancePoller(config.deepseek, config.balance, config.accounts, clock=clock)
+        self.registry.register(BalanceCollector(self.poller, clock))
+        self.metrics = ProxyMetrics(self.registry)
+        self.proxy = Proxy(config, self.metrics, self.prices, self.poller, clock=clock)
+        self.metrics.init_accounts(config.accounts, self.prices.models)
+
+        self._runners: list[web.AppRunner] = []
+        self._poll_task: asyncio.Task[None] | None = None
+        self._reload_lock = asyncio.Lock()
+        self.web_url: str | None = None
+        self.proxy_url: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.poller.ready
+
+    async def reload(self) -> str | None:
+        """Reload the config file; on error keep the running config and return the error."""
+        async with self._reload_lock:
+            if self.loader is None:
+                return "this exporter was not started from a configuration file"
+            try:
+                config, prices = self.loader()
+            except ConfigError as err:
+                self._reload_ok.set(0)
+                log.error("config reload failed, keeping the running config: %s", err)
+                return str(err)
+            self.config, self.prices = config, prices
+            self.poller.reconfigure(config.deepseek, config.balance, config.accounts)
+            self.proxy.reconfigure(config, prices)
+            self.metrics.init_accounts(config.accounts, prices.models)
+            self._reload_ok.set(1)
+            self._reload_time.set(self.clock())
+            log.info("config reloaded: %d account(s)", len(config.accounts))
+            # Newly added accounts are polled right away instead of one interval later.
+            if config.balance.poll_interval:
+                await self.poller.poll_once()
+            return None
+
+    async def _serve(self, app: web.Application, address: str, web_config: Path | None) -> str:
+        ssl_context = None
+        if web_config is not None:
+            from exporter.webconfig import load_web_config
+
+            settings = load_web_config(web_config)
+            ssl_context = settings.ssl_context()
+            app.middlewares.append(settings.auth_middleware())
+        runner = web.AppRunner(
+            app, access_log=None, handler_cancellation=True, shutdown_timeout=self.config.web.shutdown_timeout
+        )
+        await runner.setup()
+        self._runners.append(runner)
+        host, port = split_listen_address(address)
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_address=True)
+        await site.start()
+        bound = runner.addresses[0]
+        scheme = "https" if ssl_context else "http"
+        return f"{scheme}://{'127.0.0.1' if host in (None, '0.0.0.0') else host}:{bound[1]}"
+
+    async def start(self) -> None:
+        """Bind the listeners and start polling; a listener that cannot bind raises OSError."""
+        self.web_url = await self._serve(
+            make_web_app(self), self.config.web.listen_address, self.config.web.config_file
+        )
+        log.info("metrics listener on %s", self.web_url)
+        if self.config.proxy.enabled:
+            self.proxy_url = await self._serve(
+                self.proxy.make_app(), self.config.proxy.listen_address, self.config.proxy.web_config_file
+            )
+            log.info("proxy listener on %s, forwarding to %s", self.proxy_url, self.config.deepseek.base_url)
+        self._poll_task = asyncio.create_task(self.poller.run(), name="balance-poller")
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish (up to the shutdown timeout), close."""
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+            await asyncio.gather(self._poll_task, return_exceptions=True)
+        await asyncio.gather(*(runner.cleanup() for runner in self._runners))
+        self._runners.clear()
+        await self.proxy.aclose()
+        await self.poller.aclose()
+
+
+def create_app(config: Config, **options: Any) -> Exporter:
+    """Build an exporter; options are those of :class:`Exporter` (registry, clock, prices...)."""
+    return Exporter(config, **options)
+
+
+async def serve(exporter: Exporter) -> int:
+    """Run until SIGTERM or SIGINT; SIGHUP reloads the configuration."""
+    try:
+        await exporter.start()
+    except OSError as err:
+        log.error("cannot listen: %s", err)
+        await exporter.stop()
+        return 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(exporter.reload()))
+    await stop.wait()
+    log.info("shutting down, letting in-flight requests finish")
+    await exporter.stop()
+    return 0

@@ -1,0 +1,133 @@
+"""The metrics listener: /metrics, the landing page, health, readiness and reload."""
+
+from __future__ import annotations
+
+import gzip
+import html
+import math
+import time
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from prometheus_client.exposition import choose_encoder
+
+from exporter import __version__
+
+if TYPE_CHECKING:
+    from exporter.app import Exporter
+
+
+EXPORTER: web.AppKey[Exporter] = web.AppKey("exporter")
+
+
+def make_web_app(exporter: Exporter) -> web.Application:
+    app = web.Application()
+    app[EXPORTER] = exporter
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/", _landing)
+    app.router.add_get("/-/healthy", _healthy)
+    app.router.add_get("/-/ready", _ready)
+    app.router.add_post("/-/reload", _reload)
+    return app
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    exporter: Exporter = request.app[EXPORTER]
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    body = encoder(exporter.registry)
+    headers = {"Content-Type": content_type}
+    if "gzip" in request.headers.get("Accept-Encoding", ""):
+        body = gzip.compress(body, compresslevel=6)
+        headers["Content-Encoding"] = "gzip"
+    return web.Response(body=body, headers=headers)
+
+
+async def _healthy(request: web.Request) -> web.Response:
+    return web.Response(text="Healthy.\n")
+
+
+async def _ready(request: web.Request) -> web.Response:
+    exporter: Exporter = request.app[EXPORTER]
+    if exporter.ready:
+        return web.Response(text="Ready.\n")
+    return web.Response(status=503, text="Not ready: not every account has been polled yet.\n")
+
+
+async def _reload(request: web.Request) -> web.Response:
+    exporter: Exporter = request.app[EXPORTER]
+    error = await exporter.reload()
+    if error:
+        return web.Response(status=500, text=f"failed to reload config: {error}\n")
+    return web.Response(text="Reloaded.\n")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    if math.isinf(seconds):
+        return "never (nothing spent)"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+async def _landing(request: web.Request) -> web.Response:
+    exporter: Exporter = request.app[EXPORTER]
+    return web.Response(text=render_landing(exporter), content_type="text/html")
+
+
+def render_landing(exporter: Exporter) -> str:
+    """A page a person can read at a glance; every value is escaped, no key is ever shown."""
+    now = exporter.clock()
+    window = exporter.config.balance.forecast_window
+    rows: list[str] = []
+    for name, state in exporter.poller.states.items():
+        last_poll = "never" if state.last_success is None else _duration(now - state.last_success) + " ago"
+        status = "up" if state.up else ("pending" if not state.polled else f"DOWN ({state.last_error})")
+        reply = state.last_reply if state.is_fresh(now, exporter.config.balance.max_staleness) else None
+        if reply is None or not reply.balances:
+            rows.append(_row(name, "-", "-", "-", "-", status, last_poll))
+            continue
+        for balance in reply.balances:
+            tracker = state.trackers[balance.currency]
+            rate = tracker.burn_rate(window, now)
+            per_day = "unknown" if rate is None else f"{rate * 86400:.2f} {balance.currency}"
+            seconds = tracker.exhaustion_seconds(window, now)
+            runs_out = _duration(seconds)
+            if seconds is not None and not math.isinf(seconds):
+                at = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(now + seconds))
+                runs_out = f"in {runs_out} ({at})"
+            rows.append(
+                _row(
+                    name,
+                    f"{balance.total} {balance.currency}",
+                    "yes" if reply.is_available else "NO",
+                    per_day,
+                    runs_out,
+                    status,
+                    last_poll,
+                )
+            )
+    table = "\n".join(rows) or '<tr><td colspan="7">No accounts configured.</td></tr>'
+    return _PAGE.format(version=html.escape(__version__), rows=table)
+
+
+def _row(*cells: str) -> str:
+    return "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
+
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>DeepSeek Exporter</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:.3em .8em;text-align:left}}</style></head>
+<body><h1>DeepSeek Exporter</h1>
+<p>Balance, burn rate and exhaustion forecast of DeepSeek API accounts. Version {version}.</p>
+<table><tr><th>Account</th><th>Balance</th><th>Available</th><th>Burn per day</th>
+<th>Runs out</th><th>Poll status</th><th>Last good poll</th></tr>
+{rows}
+</table>
+<ul><li><a href="/metrics">Metrics</a></li><li><a href="/-/healthy">Health</a></li>
+<li><a href="/-/ready">Readiness</a></li></ul>
+</body></html>
+"""
