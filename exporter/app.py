@@ -23,7 +23,7 @@ from exporter.config import Config, ConfigError, load_config
 from exporter.metrics import ProxyMetrics
 from exporter.poller import BalancePoller, Clock
 from exporter.pricing import PriceTable, PricingError
-from exporter.proxy import Proxy
+from exporter.proxy import Middleware, Proxy
 from exporter.web import make_web_app
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def load_all(
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, str | None] | None = None,
 ) -> tuple[Config, PriceTable]:
-    """Load and check everything a config names (price table, web config files) or raise ConfigError."""
+    """Load the config and check the files it names (prices, web configs); raise ConfigError."""
     config = load_config(path, environ, overrides)
     try:
         prices = PriceTable.load(config.pricing.file)
@@ -62,7 +62,7 @@ def split_listen_address(address: str) -> tuple[str | None, int]:
 
 
 class Exporter:
-    """Everything one exporter process runs. Build with :func:`create_app`, then ``await start()``."""
+    """Everything one exporter process runs. Build with :func:`create_app`, then ``start()``."""
 
     def __init__(
         self,
@@ -104,7 +104,7 @@ class Exporter:
         self.proxy = Proxy(config, self.metrics, self.prices, self.poller, clock=clock)
         self.metrics.init_accounts(config.accounts, self.prices.models)
 
-        self._runners: list[web.AppRunner] = []
+        self._runners: list[web.BaseRunner] = []
         self._poll_task: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
         self.web_url: str | None = None
@@ -137,37 +137,56 @@ class Exporter:
                 await self.poller.poll_once()
             return None
 
-    async def _serve(self, app: web.Application, address: str, web_config: Path | None) -> str:
+    async def _serve(
+        self,
+        build: Callable[[list[Middleware]], web.Application | web.Server],
+        address: str,
+        web_config: Path | None,
+    ) -> str:
         ssl_context = None
+        middlewares: list[Middleware] = []
         if web_config is not None:
             from exporter.webconfig import load_web_config
 
             settings = load_web_config(web_config)
             ssl_context = settings.ssl_context()
-            app.middlewares.append(settings.auth_middleware())
-        runner = web.AppRunner(
-            app, access_log=None, handler_cancellation=True, shutdown_timeout=self.config.web.shutdown_timeout
-        )
+            middlewares.append(settings.auth_middleware())
+        target = build(middlewares)
+        timeout = self.config.web.shutdown_timeout
+        runner: web.BaseRunner
+        if isinstance(target, web.Application):
+            runner = web.AppRunner(target, access_log=None, shutdown_timeout=timeout)
+        else:
+            runner = web.ServerRunner(target, shutdown_timeout=timeout)
         await runner.setup()
         self._runners.append(runner)
         host, port = split_listen_address(address)
         site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_address=True)
         await site.start()
-        bound = runner.addresses[0]
         scheme = "https" if ssl_context else "http"
-        return f"{scheme}://{'127.0.0.1' if host in (None, '0.0.0.0') else host}:{bound[1]}"
+        shown = host if host not in (None, "0.0.0.0", "::") else "127.0.0.1"
+        return f"{scheme}://{shown}:{runner.addresses[0][1]}"
 
     async def start(self) -> None:
         """Bind the listeners and start polling; a listener that cannot bind raises OSError."""
         self.web_url = await self._serve(
-            make_web_app(self), self.config.web.listen_address, self.config.web.config_file
+            lambda middlewares: make_web_app(self, middlewares),
+            self.config.web.listen_address,
+            self.config.web.config_file,
         )
         log.info("metrics listener on %s", self.web_url)
         if self.config.proxy.enabled:
+            await self.proxy.open()
             self.proxy_url = await self._serve(
-                self.proxy.make_app(), self.config.proxy.listen_address, self.config.proxy.web_config_file
+                self.proxy.make_server,
+                self.config.proxy.listen_address,
+                self.config.proxy.web_config_file,
             )
-            log.info("proxy listener on %s, forwarding to %s", self.proxy_url, self.config.deepseek.base_url)
+            log.info(
+                "proxy listener on %s, forwarding to %s",
+                self.proxy_url,
+                self.config.deepseek.base_url,
+            )
         self._poll_task = asyncio.create_task(self.poller.run(), name="balance-poller")
 
     async def stop(self) -> None:

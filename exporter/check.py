@@ -33,19 +33,32 @@ async def check_balances(config: Config, out: TextIO = sys.stdout) -> int:
             continue
         threshold = state.account.low_balance_threshold
         if not reply.balances:
-            rows.append((name, "-", "-", "-", "-", _yes_no(reply.is_available), "no balance listed"))
+            rows.append(
+                (name, "-", "-", "-", "-", _yes_no(reply.is_available), "no balance listed")
+            )
         for balance in reply.balances:
             low = threshold is not None and balance.total < threshold
             status = "LOW" if low else ("UNAVAILABLE" if not reply.is_available else "ok")
-            rows.append((name, balance.currency, str(balance.total), str(balance.granted),
-                         str(balance.topped_up), _yes_no(reply.is_available), status))
+            rows.append(
+                (
+                    name,
+                    balance.currency,
+                    str(balance.total),
+                    str(balance.granted),
+                    str(balance.topped_up),
+                    _yes_no(reply.is_available),
+                    status,
+                )
+            )
             if low:
                 worst = max(worst, EXIT_LOW)
         if not reply.is_available:
             worst = max(worst, EXIT_LOW)
     widths = [max(len(r[i]) for r in (COLUMNS, *rows)) for i in range(len(COLUMNS))]
     for row in (COLUMNS, *rows):
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip(), file=out)
+        print(
+            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip(), file=out
+        )
     return worst
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``deepseek-exporter [flags]`` serves; ``balance`` checks once; ``simulate`` fakes the API."""
+"""Command line: `deepseek-exporter` serves, `balance` checks once, `simulate` fakes the API."""
 
 from __future__ import annotations
 
@@ -18,12 +18,22 @@ log = logging.getLogger("exporter")
 
 
 def _common_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config.file", dest="config_file", metavar="FILE",
-                        help="YAML configuration file (default: one account from $DEEPSEEK_API_KEY)")
-    parser.add_argument("--deepseek.base-url", dest="deepseek_base_url", metavar="URL",
-                        help="DeepSeek API base URL (overrides deepseek.base_url)")
+    parser.add_argument(
+        "--config.file",
+        dest="config_file",
+        metavar="FILE",
+        help="YAML configuration file (default: one account from $DEEPSEEK_API_KEY)",
+    )
+    parser.add_argument(
+        "--deepseek.base-url",
+        dest="deepseek_base_url",
+        metavar="URL",
+        help="DeepSeek API base URL (overrides deepseek.base_url)",
+    )
     parser.add_argument("--log.level", dest="log_level", choices=LEVELS, default="info")
-    parser.add_argument("--log.format", dest="log_format", choices=("logfmt", "json"), default="logfmt")
+    parser.add_argument(
+        "--log.format", dest="log_format", choices=("logfmt", "json"), default="logfmt"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,37 +43,72 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"deepseek-exporter {__version__}")
     _common_flags(parser)
-    parser.add_argument("--config.check", dest="config_check", action="store_true",
-                        help="validate the configuration and exit")
-    parser.add_argument("--web.listen-address", dest="web_listen_address", metavar="ADDR",
-                        help="metrics listener, host:port (default :9402)")
-    parser.add_argument("--web.config.file", dest="web_config_file", metavar="FILE",
-                        help="exporter-toolkit web config (TLS, basic auth) for the metrics listener")
-    parser.add_argument("--web.shutdown-timeout", dest="web_shutdown_timeout", metavar="DURATION",
-                        help="how long in-flight requests may finish after SIGTERM (default 30s)")
-    parser.add_argument("--proxy.listen-address", dest="proxy_listen_address", metavar="ADDR",
-                        help="metering proxy listener, host:port (default :8402)")
-    parser.add_argument("--demo", action="store_true",
-                        help="run against a built-in simulated DeepSeek API with demo accounts")
-    parser.add_argument("--demo.simulator-address", dest="demo_simulator_address", metavar="ADDR",
-                        default="127.0.0.1:0",
-                        help="where the demo's simulated API listens (default: a free loopback port)")
+    parser.add_argument(
+        "--config.check",
+        dest="config_check",
+        action="store_true",
+        help="validate the configuration and exit",
+    )
+    parser.add_argument(
+        "--web.listen-address",
+        dest="web_listen_address",
+        metavar="ADDR",
+        help="metrics listener, host:port (default :9402)",
+    )
+    parser.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        metavar="FILE",
+        help="exporter-toolkit web config (TLS, basic auth) for the metrics listener",
+    )
+    parser.add_argument(
+        "--web.shutdown-timeout",
+        dest="web_shutdown_timeout",
+        metavar="DURATION",
+        help="how long in-flight requests may finish after SIGTERM (default 30s)",
+    )
+    parser.add_argument(
+        "--proxy.listen-address",
+        dest="proxy_listen_address",
+        metavar="ADDR",
+        help="metering proxy listener, host:port (default :8402)",
+    )
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="run against a built-in simulated DeepSeek API with demo accounts",
+    )
+    parser.add_argument(
+        "--demo.simulator-address",
+        dest="demo_simulator_address",
+        metavar="ADDR",
+        default="127.0.0.1:0",
+        help="where the demo's simulated API listens (default: a free loopback port)",
+    )
 
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     balance = commands.add_parser(
-        "balance", help="poll every account once, print a table, exit 0 ok / 1 low or unavailable / 2 error"
+        "balance",
+        help="poll every account once, print a table, exit 0 ok / 1 low or unavailable / 2 error",
     )
     _common_flags(balance)
     simulate = commands.add_parser("simulate", help="serve the simulated DeepSeek API on its own")
     simulate.add_argument("--listen-address", default="127.0.0.1:8080", metavar="ADDR")
     simulate.add_argument("--log.level", dest="log_level", choices=LEVELS, default="info")
-    simulate.add_argument("--log.format", dest="log_format", choices=("logfmt", "json"), default="logfmt")
+    simulate.add_argument(
+        "--log.format", dest="log_format", choices=("logfmt", "json"), default="logfmt"
+    )
     return parser
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, str | None]:
-    names = ("deepseek_base_url", "web_listen_address", "proxy_listen_address", "web_config_file",
-             "web_shutdown_timeout")
+    names = (
+        "deepseek_base_url",
+        "web_listen_address",
+        "proxy_listen_address",
+        "web_config_file",
+        "web_shutdown_timeout",
+    )
     return {name: getattr(args, name, None) for name in names}
 
 
@@ -94,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"config OK: {len(config.accounts)} account(s)")
         return 0
     if not config.accounts:
-        log.warning("no accounts configured: set DEEPSEEK_API_KEY, use --config.file, or try --demo")
+        log.warning(
+            "no accounts configured: set DEEPSEEK_API_KEY, use --config.file, or try --demo"
+        )
     loader = functools.partial(load_all, args.config_file, None, _overrides(args))
     return asyncio.run(serve(create_app(config, loader=loader, prices=prices)))

@@ -40,9 +40,15 @@ class BalanceCollector(Collector):
         def gauge(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
             return GaugeMetricFamily(name, doc, labels=labels)
 
-        total = gauge("deepseek_balance", "Total balance (granted + topped up).", ["account", "currency"])
-        granted = gauge("deepseek_balance_granted", "Granted (promotional) balance.", ["account", "currency"])
-        topped_up = gauge("deepseek_balance_topped_up", "Topped-up (paid) balance.", ["account", "currency"])
+        total = gauge(
+            "deepseek_balance", "Total balance (granted + topped up).", ["account", "currency"]
+        )
+        granted = gauge(
+            "deepseek_balance_granted", "Granted (promotional) balance.", ["account", "currency"]
+        )
+        topped_up = gauge(
+            "deepseek_balance_topped_up", "Topped-up (paid) balance.", ["account", "currency"]
+        )
         available = gauge(
             "deepseek_account_available", "1 if the balance can pay for API calls.", ["account"]
         )
@@ -58,7 +64,9 @@ class BalanceCollector(Collector):
             ["account"],
         )
         duration = gauge(
-            "deepseek_balance_poll_duration_seconds", "Duration of the last balance poll.", ["account"]
+            "deepseek_balance_poll_duration_seconds",
+            "Duration of the last balance poll.",
+            ["account"],
         )
         errors = CounterMetricFamily(
             "deepseek_balance_poll_errors",

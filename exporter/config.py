@@ -133,7 +133,9 @@ def parse_duration(text: str) -> float:
     return sum(int(g) * unit for g, unit in zip(match.groups(), _DURATION_UNITS, strict=True) if g)
 
 
-def _duration(path: str, value: Any, minimum: float | None = None, allow_zero: bool = False) -> float:
+def _duration(
+    path: str, value: Any, minimum: float | None = None, allow_zero: bool = False
+) -> float:
     if not isinstance(value, str):
         raise ConfigError(f"{path}: must be a duration string such as 10s, got {_kind(value)}")
     try:
@@ -188,7 +190,7 @@ def _url(path: str, value: Any) -> str:
 
 def _listen_address(path: str, value: Any) -> str:
     address = _string(path, value)
-    host, sep, port = address.rpartition(":")
+    _host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"{path}: must be host:port or :port, got {address!r}")
     return address
@@ -281,7 +283,9 @@ def _build(raw: Any, environ: Mapping[str, str], base_dir: Path) -> Config:
         timeout=_duration("deepseek.timeout", ds.get("timeout", "10s")),
     )
 
-    bal = _mapping("balance", top.get("balance"), {"poll_interval", "max_staleness", "forecast_window"})
+    bal = _mapping(
+        "balance", top.get("balance"), {"poll_interval", "max_staleness", "forecast_window"}
+    )
     balance = BalanceConfig(
         poll_interval=_duration(
             "balance.poll_interval", bal.get("poll_interval", "60s"), minimum=1, allow_zero=True
@@ -314,9 +318,13 @@ def _build(raw: Any, environ: Mapping[str, str], base_dir: Path) -> Config:
                 name=name,
                 api_key=secrets.resolve(path, acc, "api_key"),
                 low_balance_threshold=(
-                    None if threshold is None else _amount(f"{path}.low_balance_threshold", threshold)
+                    None
+                    if threshold is None
+                    else _amount(f"{path}.low_balance_threshold", threshold)
                 ),
-                currency=None if "currency" not in acc else _currency(f"{path}.currency", acc["currency"]),
+                currency=None
+                if "currency" not in acc
+                else _currency(f"{path}.currency", acc["currency"]),
             )
         )
     seen_keys: dict[bytes, str] = {}
@@ -327,7 +335,9 @@ def _build(raw: Any, environ: Mapping[str, str], base_dir: Path) -> Config:
 
     web_raw = _mapping("web", top.get("web"), {"listen_address", "config_file", "shutdown_timeout"})
     web = WebConfig(
-        listen_address=_listen_address("web.listen_address", web_raw.get("listen_address", ":9402")),
+        listen_address=_listen_address(
+            "web.listen_address", web_raw.get("listen_address", ":9402")
+        ),
         config_file=_optional_file("web.config_file", web_raw.get("config_file"), base_dir),
         shutdown_timeout=_duration("web.shutdown_timeout", web_raw.get("shutdown_timeout", "30s")),
     )
@@ -357,7 +367,9 @@ def _build(raw: Any, environ: Mapping[str, str], base_dir: Path) -> Config:
         listen_address=_listen_address("proxy.listen_address", px.get("listen_address", ":8402")),
         max_body_bytes=_positive_int("proxy.max_body_bytes", px.get("max_body_bytes", 16 << 20)),
         timeout=_duration("proxy.timeout", px.get("timeout", "10m")),
-        web_config_file=_optional_file("proxy.web_config_file", px.get("web_config_file"), base_dir),
+        web_config_file=_optional_file(
+            "proxy.web_config_file", px.get("web_config_file"), base_dir
+        ),
         clients=tuple(clients),
     )
 

@@ -19,8 +19,14 @@ from decimal import Decimal
 import aiohttp
 
 from exporter.app import create_app, serve, split_listen_address
-from exporter.config import AccountConfig, BalanceConfig, Config, DeepSeekConfig, Secret
-from exporter.config import FLAG_OVERRIDES
+from exporter.config import (
+    FLAG_OVERRIDES,
+    AccountConfig,
+    BalanceConfig,
+    Config,
+    DeepSeekConfig,
+    Secret,
+)
 from exporter.simulator import SimAccount, Simulator
 
 log = logging.getLogger(__name__)
@@ -35,18 +41,24 @@ def demo_accounts() -> list[SimAccount]:
     # Keys are made up per run: nothing here is a real credential.
     suffix = f"{random.getrandbits(32):08x}"
     return [
-        SimAccount(STEADY, f"sk-demo-steady-{suffix}", {"CNY": (Decimal("10.00"), Decimal("100.00"))}),
+        SimAccount(
+            STEADY, f"sk-demo-steady-{suffix}", {"CNY": (Decimal("10.00"), Decimal("100.00"))}
+        ),
         SimAccount(DRAINING, f"sk-demo-draining-{suffix}", dict(DRAINING_START)),
     ]
 
 
-def demo_config(base_url: str, accounts: list[SimAccount], overrides: Mapping[str, str | None]) -> Config:
+def demo_config(
+    base_url: str, accounts: list[SimAccount], overrides: Mapping[str, str | None]
+) -> Config:
     config = Config(
         deepseek=DeepSeekConfig(base_url=base_url, timeout=5.0),
         balance=BalanceConfig(poll_interval=10.0, max_staleness=60.0, forecast_window=6 * 3600.0),
         accounts=(
             AccountConfig(STEADY, Secret(accounts[0].api_key), low_balance_threshold=Decimal("20")),
-            AccountConfig(DRAINING, Secret(accounts[1].api_key), low_balance_threshold=Decimal("0.50")),
+            AccountConfig(
+                DRAINING, Secret(accounts[1].api_key), low_balance_threshold=Decimal("0.50")
+            ),
         ),
     )
     for dest, value in overrides.items():
@@ -56,9 +68,15 @@ def demo_config(base_url: str, accounts: list[SimAccount], overrides: Mapping[st
 
 
 async def _client_loop(
-    session: aiohttp.ClientSession, url: str, key: str, model: str, prompt_chars: int, pause: float
+    session: aiohttp.ClientSession,
+    url: str,
+    key: str,
+    model: str,
+    prompt_chars: int,
+    pause: float,
+    cacheable: bool,
 ) -> None:
-    """One synthetic bot: a fixed system prompt (cache hits) plus a varying question."""
+    """One synthetic bot; a fixed system prompt gives cache hits, a numbered one misses."""
     system = "You are a helpful assistant for a demo. " * (prompt_chars // 40)
     n = 0
     while True:
@@ -66,15 +84,20 @@ async def _client_loop(
         body = {
             "model": model,
             "messages": [
-                {"role": "system", "content": system},
-                {"role": "user", "content": f"Question number {n}: {'why ' * random.randint(5, 50)}"},
+                {"role": "system", "content": system if cacheable else f"Session {n}. {system}"},
+                {
+                    "role": "user",
+                    "content": f"Question number {n}: {'why ' * random.randint(5, 50)}",
+                },
             ],
             "stream": n % 3 == 0,
         }
         if body["stream"]:
             body["stream_options"] = {"include_usage": True}
         try:
-            async with session.post(url, json=body, headers={"Authorization": f"Bearer {key}"}) as r:
+            async with session.post(
+                url, json=body, headers={"Authorization": f"Bearer {key}"}
+            ) as r:
                 await r.read()
         except aiohttp.ClientError as err:
             log.debug("demo request failed: %s", type(err).__name__)
@@ -111,8 +134,10 @@ async def run_demo(simulator_address: str, overrides: Mapping[str, str | None]) 
         log.info("demo: metrics on %s/metrics, proxy on %s", exporter.web_url, exporter.proxy_url)
         async with aiohttp.ClientSession() as session:
             await asyncio.gather(
-                _client_loop(session, url, accounts[0].api_key, "deepseek-flash", 2_000, 1.0),
-                _client_loop(session, url, accounts[1].api_key, "deepseek-v4-pro", 40_000, 0.5),
+                _client_loop(session, url, accounts[0].api_key, "deepseek-flash", 2_000, 1.0, True),
+                _client_loop(
+                    session, url, accounts[1].api_key, "deepseek-v4-pro", 40_000, 0.5, False
+                ),
                 _top_up_when_dry(simulator),
             )
 

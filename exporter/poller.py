@@ -80,7 +80,9 @@ class BalancePoller:
         }
         self._tasks: list[asyncio.Task[None]] = []
 
-    def reconfigure(self, deepseek: DeepSeekConfig, balance: BalanceConfig, accounts: tuple[AccountConfig, ...]) -> None:
+    def reconfigure(
+        self, deepseek: DeepSeekConfig, balance: BalanceConfig, accounts: tuple[AccountConfig, ...]
+    ) -> None:
         """Apply a reloaded config, keeping history of accounts that stay (same name and key)."""
         old = self.states
         self.deepseek, self.balance = deepseek, balance
@@ -111,8 +113,12 @@ class BalancePoller:
             )
         except PollError as error:
             state.record_failure(error, time.perf_counter() - started)
-            log.warning("balance poll failed account=%s reason=%s error=%s",
-                        state.account.name, error.reason, error)
+            log.warning(
+                "balance poll failed account=%s reason=%s error=%s",
+                state.account.name,
+                error.reason,
+                error,
+            )
             return
         state.record_success(reply, self.clock(), time.perf_counter() - started)
         log.debug("balance poll succeeded account=%s", state.account.name)

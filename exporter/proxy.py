@@ -8,12 +8,13 @@ a copy of what metering needs (the model, the usage) is picked out on the side.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import re
 import time
 import zlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -53,6 +54,9 @@ SMALL_BODY = 64 * 1024
 MAX_METERED_BODY = 4 * 1024 * 1024
 
 
+Middleware = Callable[..., Awaitable[web.StreamResponse]]
+
+
 class BodyTooLarge(Exception):
     pass
 
@@ -77,7 +81,8 @@ class KeyBook:
         keys = {a.name: a.api_key for a in config.accounts}
         if self.custody:
             self.entries = [
-                (c.token.fingerprint(), Identity(c.account, keys[c.account])) for c in config.proxy.clients
+                (c.token.fingerprint(), Identity(c.account, keys[c.account]))
+                for c in config.proxy.clients
             ]
         else:
             self.entries = [(a.api_key.fingerprint(), Identity(a.name)) for a in config.accounts]
@@ -151,13 +156,17 @@ class Proxy:
         )
         self._model_labels: dict[bytes, str] = {}
 
-    def make_app(self) -> web.Application:
-        app = web.Application(client_max_size=self.config.proxy.max_body_bytes)
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        app.on_startup.append(self._open_session)
-        return app
+    def make_server(self, middlewares: Sequence[Middleware] = ()) -> web.Server:
+        """A low-level server: no router, so every method and target (CONNECT, absolute URLs)
+        reaches :meth:`handle` to be refused in DeepSeek's error shape, and nothing is spent on
+        routing the hot path."""
+        handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]] = self.handle
+        for middleware in reversed(middlewares):
+            handler = functools.partial(middleware, handler=handler)
+        # handler_cancellation: a client that goes away cancels its handler, and so the upstream.
+        return web.Server(handler, handler_cancellation=True, access_log=None)
 
-    async def _open_session(self, _app: web.Application) -> None:
+    async def open(self) -> None:
         # limit=0: concurrency is the upstream's to limit (it answers 429), not ours.
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, enable_cleanup_closed=True)
         self._session = aiohttp.ClientSession(
@@ -190,15 +199,19 @@ class Proxy:
             return None
         return next((b.currency for b in reply.balances if b.total > 0), reply.balances[0].currency)
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.method == "CONNECT" or not request.raw_path.startswith("/"):
             self.metrics.rejected.labels("bad_target").inc()
-            return deepseek_error(400, "The proxy only forwards to its configured upstream", "invalid_request_error")
+            return deepseek_error(
+                400, "The proxy only forwards to its configured upstream", "invalid_request_error"
+            )
         key, key_header = presented_key(request.headers)
         identity = self.keys.identify(key)
         if identity is None and self.keys.custody:
             self.metrics.rejected.labels("unauthorized").inc()
-            return deepseek_error(401, "Authentication Fails: unknown client token", "authentication_error")
+            return deepseek_error(
+                401, "Authentication Fails: unknown client token", "authentication_error"
+            )
         account = identity.account if identity is not None else UNKNOWN_ACCOUNT
         length = request.content_length
         if length is not None and length > self.config.proxy.max_body_bytes:
@@ -230,7 +243,9 @@ class Proxy:
         finally:
             in_flight.dec()
 
-    async def _stream_body(self, request: web.Request, sniffer: ModelSniffer) -> AsyncIterator[bytes]:
+    async def _stream_body(
+        self, request: web.BaseRequest, sniffer: ModelSniffer
+    ) -> AsyncIterator[bytes]:
         seen = 0
         async for chunk in request.content.iter_any():
             seen += len(chunk)
@@ -241,12 +256,14 @@ class Proxy:
 
     async def _forward(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         headers: CIMultiDict[str],
         body: bytes | AsyncIterator[bytes] | None,
         account: str,
         sniffer: ModelSniffer,
     ) -> web.StreamResponse:
+        if self._session is None:
+            await self.open()
         assert self._session is not None
         started = time.perf_counter()
         metrics = self.metrics
@@ -285,7 +302,7 @@ class Proxy:
 
     async def _relay(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         upstream: aiohttp.ClientResponse,
         account: str,
         model: str,
@@ -297,7 +314,9 @@ class Proxy:
         response_headers = CIMultiDict(
             (k, v) for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP
         )
-        response = web.StreamResponse(status=status, reason=upstream.reason, headers=response_headers)
+        response = web.StreamResponse(
+            status=status, reason=upstream.reason, headers=response_headers
+        )
         content_type = upstream.headers.get("Content-Type", "")
         streaming = content_type.startswith("text/event-stream")
         scanner = StreamUsageScanner() if streaming else None
@@ -328,7 +347,7 @@ class Proxy:
         except (ConnectionError, aiohttp.ClientConnectionResetError):
             abort = "client_disconnect"
         except asyncio.CancelledError:
-            # The client went away: aiohttp cancels the handler; leaving the context closes upstream.
+            # The client went away and aiohttp cancelled us; leaving the context closes upstream.
             metrics.stream_aborts.labels(account, model, "client_disconnect").inc()
             raise
         finally:
@@ -379,4 +398,3 @@ def _decoded(body: bytes, headers: Mapping[str, str]) -> bytes:
         except zlib.error:
             return b""
     return body
-

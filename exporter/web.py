@@ -6,6 +6,7 @@ import gzip
 import html
 import math
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -15,13 +16,14 @@ from exporter import __version__
 
 if TYPE_CHECKING:
     from exporter.app import Exporter
+    from exporter.proxy import Middleware
 
 
 EXPORTER: web.AppKey[Exporter] = web.AppKey("exporter")
 
 
-def make_web_app(exporter: Exporter) -> web.Application:
-    app = web.Application()
+def make_web_app(exporter: Exporter, middlewares: Sequence[Middleware] = ()) -> web.Application:
+    app = web.Application(middlewares=list(middlewares))
     app[EXPORTER] = exporter
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/", _landing)
@@ -83,9 +85,15 @@ def render_landing(exporter: Exporter) -> str:
     window = exporter.config.balance.forecast_window
     rows: list[str] = []
     for name, state in exporter.poller.states.items():
-        last_poll = "never" if state.last_success is None else _duration(now - state.last_success) + " ago"
-        status = "up" if state.up else ("pending" if not state.polled else f"DOWN ({state.last_error})")
-        reply = state.last_reply if state.is_fresh(now, exporter.config.balance.max_staleness) else None
+        last_poll = (
+            "never" if state.last_success is None else _duration(now - state.last_success) + " ago"
+        )
+        status = (
+            "up" if state.up else ("pending" if not state.polled else f"DOWN ({state.last_error})")
+        )
+        reply = (
+            state.last_reply if state.is_fresh(now, exporter.config.balance.max_staleness) else None
+        )
         if reply is None or not reply.balances:
             rows.append(_row(name, "-", "-", "-", "-", status, last_poll))
             continue

@@ -43,7 +43,9 @@ def require_binary(name: str) -> str:
     """The path of a binary the test needs; fails loudly (never skips) when it is missing."""
     path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin")
     if path is None:
-        pytest.fail(f"{name} is not installed: run ./scripts/test, which installs it", pytrace=False)
+        pytest.fail(
+            f"{name} is not installed: run ./scripts/test, which installs it", pytrace=False
+        )
     return path
 
 

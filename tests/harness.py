@@ -49,7 +49,9 @@ def exporter_config(base_url: str, **sections: Any) -> Config:
     config = Config(
         deepseek=DeepSeekConfig(base_url=base_url, timeout=2.0),
         # A long interval: after the first poll, tests poll by hand with an injected clock.
-        balance=BalanceConfig(poll_interval=3600.0, max_staleness=300.0, forecast_window=6 * 3600.0),
+        balance=BalanceConfig(
+            poll_interval=3600.0, max_staleness=300.0, forecast_window=6 * 3600.0
+        ),
         accounts=(
             AccountConfig("prod", Secret(PROD_KEY), low_balance_threshold=Decimal("5")),
             AccountConfig("usd", Secret(USD_KEY)),
@@ -80,9 +82,24 @@ class RunningExporter:
         self.loop.run(self.exporter.poller.poll_once())
 
     def scrape_text(self, accept: str = "text/plain") -> str:
+        self.settle()
         response = httpx.get(f"{self.web_url}/metrics", headers={"Accept": accept})
         response.raise_for_status()
         return response.text
+
+    def settle(self) -> None:
+        """Wait until no request is in flight: a client may see the last byte of a response a
+        moment before the proxy has metered it."""
+        registry = self.exporter.registry
+        accounts = [a.name for a in self.exporter.config.accounts] + ["unknown"]
+        wait_until(
+            lambda: (
+                not any(
+                    registry.get_sample_value("deepseek_requests_in_flight", {"account": a})
+                    for a in accounts
+                )
+            )
+        )
 
     def samples(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
         return parse_samples(self.scrape_text())
@@ -91,6 +108,7 @@ class RunningExporter:
         return self.samples().get((name, frozenset(labels.items())))
 
     def registry_value(self, name: str, **labels: str) -> float | None:
+        self.settle()
         return self.exporter.registry.get_sample_value(name, labels)
 
 
@@ -107,7 +125,9 @@ def running_exporter(
     config: Config, loop: BackgroundLoop, clock: FakeClock | None = None, **options: Any
 ) -> Iterator[RunningExporter]:
     clock = clock or FakeClock()
-    exporter = create_app(config, registry=CollectorRegistry(auto_describe=False), clock=clock, **options)
+    exporter = create_app(
+        config, registry=CollectorRegistry(auto_describe=False), clock=clock, **options
+    )
     loop.run(exporter.start())
     running = RunningExporter(exporter, loop, clock)
     try:

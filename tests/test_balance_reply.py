@@ -1,4 +1,4 @@
-"""``/user/balance`` replies: every documented variant parses exactly, everything else is refused."""
+"""``/user/balance``: every documented variant parses exactly, everything else is refused."""
 
 from __future__ import annotations
 
@@ -14,10 +14,18 @@ def reply(*infos: dict[str, object], available: object = True) -> bytes:
     return json.dumps({"is_available": available, "balance_infos": list(infos)}).encode()
 
 
-def info(currency: str = "CNY", total: object = "110.00", granted: object = "10.00",
-         topped_up: object = "100.00") -> dict[str, object]:
-    return {"currency": currency, "total_balance": total, "granted_balance": granted,
-            "topped_up_balance": topped_up}
+def info(
+    currency: str = "CNY",
+    total: object = "110.00",
+    granted: object = "10.00",
+    topped_up: object = "100.00",
+) -> dict[str, object]:
+    return {
+        "currency": currency,
+        "total_balance": total,
+        "granted_balance": granted,
+        "topped_up_balance": topped_up,
+    }
 
 
 def test_documented_reply() -> None:
@@ -25,12 +33,17 @@ def test_documented_reply() -> None:
     assert parsed.is_available
     (cny,) = parsed.balances
     assert (cny.currency, cny.total, cny.granted, cny.topped_up) == (
-        "CNY", Decimal("110.00"), Decimal("10.00"), Decimal("100.00"))
+        "CNY",
+        Decimal("110.00"),
+        Decimal("10.00"),
+        Decimal("100.00"),
+    )
 
 
 def test_amounts_as_numbers_and_both_currencies() -> None:
     parsed = parse_balance_reply(
-        reply(info("CNY", 110.5, 10, 100.5), info("USD", "2.00", "0", "2.00"), available=False))
+        reply(info("CNY", 110.5, 10, 100.5), info("USD", "2.00", "0", "2.00"), available=False)
+    )
     assert not parsed.is_available
     assert [b.currency for b in parsed.balances] == ["CNY", "USD"]
     assert parsed.balances[0].total == Decimal("110.5")
@@ -63,8 +76,11 @@ def test_empty_balance_list_is_valid() -> None:
         (reply(info(), info()), "balance_infos[1].currency: CNY listed twice"),
         (reply(info(total="-1.00", granted="0", topped_up="-1.00")), "negative amount"),
         (reply(info(total="NaN")), "not a decimal amount"),
-        (b'{"is_available": true, "balance_infos": [{"currency": "CNY", "total_balance": NaN,'
-         b' "granted_balance": 0, "topped_up_balance": 0}]}', "body is not JSON"),
+        (
+            b'{"is_available": true, "balance_infos": [{"currency": "CNY", "total_balance": NaN,'
+            b' "granted_balance": 0, "topped_up_balance": 0}]}',
+            "body is not JSON",
+        ),
         (reply(info(total="Infinity")), "not a decimal amount"),
         (reply(info(total="1e400")), "not a decimal amount"),
         (reply(info(total=True)), "expected a decimal string, got bool"),

@@ -46,7 +46,10 @@ def test_balance_metrics_have_exact_values(sim: Simulator, background_loop: Back
         assert v("deepseek_balance_low_threshold", account="prod", currency="CNY") == 5.0
         assert v("deepseek_balance_low_threshold", account="usd", currency="USD") is None
         assert v("deepseek_up", account="prod") == 1.0
-        assert v("deepseek_balance_last_success_timestamp_seconds", account="prod") == running.clock.now
+        assert (
+            v("deepseek_balance_last_success_timestamp_seconds", account="prod")
+            == running.clock.now
+        )
         assert v("deepseek_balance_poll_duration_seconds", account="prod") > 0
         for reason in POLL_ERROR_REASONS:
             assert v("deepseek_balance_poll_errors_total", account="prod", reason=reason) == 0
@@ -95,11 +98,30 @@ def test_burn_rate_and_forecast_follow_spend_and_ignore_topups(
         ({"kind": "status", "status": 401}, "unauthorized"),
         ({"kind": "html", "status": 502}, "http_error"),
         ({"kind": "non_json"}, "invalid_response"),
-        ({"kind": "body", "body": {"is_available": True, "balance_infos": [{"currency": "CNY"}]}},
-         "invalid_response"),
-        ({"kind": "body", "body": {"is_available": True, "balance_infos": [
-            {"currency": "CNY", "total_balance": "-3", "granted_balance": "0",
-             "topped_up_balance": "-3"}]}}, "invalid_response"),
+        (
+            {
+                "kind": "body",
+                "body": {"is_available": True, "balance_infos": [{"currency": "CNY"}]},
+            },
+            "invalid_response",
+        ),
+        (
+            {
+                "kind": "body",
+                "body": {
+                    "is_available": True,
+                    "balance_infos": [
+                        {
+                            "currency": "CNY",
+                            "total_balance": "-3",
+                            "granted_balance": "0",
+                            "topped_up_balance": "-3",
+                        }
+                    ],
+                },
+            },
+            "invalid_response",
+        ),
         ({"kind": "drop"}, "connection"),
     ],
 )
@@ -118,8 +140,10 @@ def test_failed_poll_counts_the_reason_and_keeps_last_good_values(
             assert v("deepseek_up", account=account) == 0
             assert v("deepseek_balance_poll_errors_total", account=account, reason=reason) == 1
             others = [r for r in POLL_ERROR_REASONS if r != reason]
-            assert all(v("deepseek_balance_poll_errors_total", account=account, reason=r) == 0
-                       for r in others)
+            assert all(
+                v("deepseek_balance_poll_errors_total", account=account, reason=r) == 0
+                for r in others
+            )
         # Last good values stay (never a made-up value from the bad reply)...
         assert v("deepseek_balance", account="prod", currency="CNY") == 110.0
         assert v("deepseek_balance_last_success_timestamp_seconds", account="prod") == (
@@ -144,18 +168,24 @@ def test_unreachable_upstream_is_a_connection_error(background_loop: BackgroundL
     config = exporter_config("http://127.0.0.1:9")  # discard port: nothing listens
     with running_exporter(config, background_loop) as running:
         assert running.value("deepseek_up", account="prod") == 0
-        assert running.value(
-            "deepseek_balance_poll_errors_total", account="prod", reason="connection"
-        ) == 1
+        assert (
+            running.value("deepseek_balance_poll_errors_total", account="prod", reason="connection")
+            == 1
+        )
         assert running.value("deepseek_balance", account="prod", currency="CNY") is None
 
 
 def test_wrong_key_is_unauthorized(sim: Simulator, background_loop: BackgroundLoop) -> None:
-    config = exporter_config(sim.base_url, accounts=(AccountConfig("bad", Secret("sk-wrong-key-0000")),))
+    config = exporter_config(
+        sim.base_url, accounts=(AccountConfig("bad", Secret("sk-wrong-key-0000")),)
+    )
     with running_exporter(config, background_loop) as running:
-        assert running.value(
-            "deepseek_balance_poll_errors_total", account="bad", reason="unauthorized"
-        ) == 1
+        assert (
+            running.value(
+                "deepseek_balance_poll_errors_total", account="bad", reason="unauthorized"
+            )
+            == 1
+        )
         page = httpx.get(running.web_url + "/").text
         assert "unauthorized" in page and "sk-wrong-key" not in page
 
@@ -165,16 +195,22 @@ def test_unavailable_account(sim: Simulator, background_loop: BackgroundLoop) ->
     with running_exporter(exporter_config(sim.base_url), background_loop) as running:
         assert running.value("deepseek_account_available", account="usd") == 0
         assert running.value("deepseek_balance", account="usd", currency="USD") == 0
-        assert running.value("deepseek_balance_exhaustion_seconds", account="usd", currency="USD") is None
+        assert (
+            running.value("deepseek_balance_exhaustion_seconds", account="usd", currency="USD")
+            is None
+        )
         running.clock.advance(60)
         running.poll()
-        assert running.value("deepseek_balance_exhaustion_seconds", account="usd", currency="USD") == 0
+        assert (
+            running.value("deepseek_balance_exhaustion_seconds", account="usd", currency="USD") == 0
+        )
 
 
 def test_numeric_amounts_are_accepted(background_loop: BackgroundLoop) -> None:
-    with running_simulator(numeric_balances=True) as sim, running_exporter(
-        exporter_config(sim.base_url), background_loop
-    ) as running:
+    with (
+        running_simulator(numeric_balances=True) as sim,
+        running_exporter(exporter_config(sim.base_url), background_loop) as running,
+    ):
         assert running.value("deepseek_balance", account="prod", currency="CNY") == 110.0
 
 
@@ -196,7 +232,9 @@ def test_endpoints(sim: Simulator, background_loop: BackgroundLoop) -> None:
         assert b"deepseek_balance{" in raw_bytes
 
 
-def test_not_ready_until_every_account_was_polled(sim: Simulator, background_loop: BackgroundLoop) -> None:
+def test_not_ready_until_every_account_was_polled(
+    sim: Simulator, background_loop: BackgroundLoop
+) -> None:
     sim.add_fault("delay", path="/user/balance", times=2, seconds=1.0)
     config = exporter_config(sim.base_url)
     from exporter.app import create_app
@@ -218,10 +256,15 @@ def test_reload_applies_good_config_and_keeps_old_on_bad(
 
     file = tmp_path / "config.yml"
     env = {"K_PROD": PROD_KEY, "K_USD": USD_KEY}
-    base = f"deepseek: {{base_url: '{sim.base_url}'}}\nbalance: {{poll_interval: 1h, max_staleness: 2h}}\n"
+    base = (
+        f"deepseek: {{base_url: '{sim.base_url}'}}\n"
+        "balance: {poll_interval: 1h, max_staleness: 2h}\n"
+    )
     file.write_text(base + "accounts: [{name: prod, api_key_env: K_PROD}]\n")
     config, _ = load_all(file, env)
-    config = replace(config, web=exporter_config(sim.base_url).web, proxy=exporter_config(sim.base_url).proxy)
+    config = replace(
+        config, web=exporter_config(sim.base_url).web, proxy=exporter_config(sim.base_url).proxy
+    )
 
     def loader():  # the listeners stay where the test put them
         new, prices = load_all(file, env)
@@ -229,7 +272,10 @@ def test_reload_applies_good_config_and_keeps_old_on_bad(
 
     with running_exporter(config, background_loop, loader=loader) as running:
         assert running.value("deepseek_up", account="usd") is None
-        file.write_text(base + "accounts: [{name: prod, api_key_env: K_PROD}, {name: usd, api_key_env: K_USD}]\n")
+        file.write_text(
+            base
+            + "accounts: [{name: prod, api_key_env: K_PROD}, {name: usd, api_key_env: K_USD}]\n"
+        )
         assert httpx.post(running.web_url + "/-/reload").status_code == 200
         assert running.value("deepseek_balance", account="usd", currency="USD") == 20.0
         assert running.value("deepseek_exporter_config_last_reload_successful") == 1
@@ -239,28 +285,39 @@ def test_reload_applies_good_config_and_keeps_old_on_bad(
         assert response.status_code == 500
         assert "accounts[0].poll_interval: unknown key" in response.text
         assert running.value("deepseek_exporter_config_last_reload_successful") == 0
-        assert running.value("deepseek_balance", account="usd", currency="USD") == 20.0  # old config runs
+        assert (
+            running.value("deepseek_balance", account="usd", currency="USD") == 20.0
+        )  # old config runs
         assert httpx.get(running.web_url + "/-/reload").status_code == 405
 
 
 def normalise(exposition: str) -> str:
     """The exposition with the values that vary between runs (durations) masked."""
-    return re.sub(r"^(deepseek_balance_poll_duration_seconds\{[^}]*\}) .*$", r"\1 <duration>",
-                  exposition, flags=re.M)
+    return re.sub(
+        r"^(deepseek_balance_poll_duration_seconds\{[^}]*\}) .*$",
+        r"\1 <duration>",
+        exposition,
+        flags=re.M,
+    )
 
 
 def test_golden_exposition_passes_promtool(sim: Simulator, background_loop: BackgroundLoop) -> None:
     promtool = require_binary("promtool")
-    config = exporter_config(sim.base_url, proxy=replace(exporter_config(sim.base_url).proxy, enabled=False))
+    config = exporter_config(
+        sim.base_url, proxy=replace(exporter_config(sim.base_url).proxy, enabled=False)
+    )
     with running_exporter(config, background_loop) as running:
         sim.set_balance("prod", "CNY", "10.00", "90.00")
         running.clock.advance(3600)
         running.poll()
         text = running.scrape_text()
-    lint = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+    lint = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True
+    )
     assert lint.returncode == 0, lint.stdout + lint.stderr
     balance_part = "".join(
-        line + "\n" for line in normalise(text).splitlines()
+        line + "\n"
+        for line in normalise(text).splitlines()
         if re.search(r"deepseek_(balance|up\b|account)", line)
     )
     if os.environ.get("UPDATE_GOLDEN"):
@@ -289,7 +346,9 @@ def test_key_never_appears_in_any_output(
         assert PROD_KEY[-8:] not in output
 
 
-def test_poll_interval_zero_disables_polling(sim: Simulator, background_loop: BackgroundLoop) -> None:
+def test_poll_interval_zero_disables_polling(
+    sim: Simulator, background_loop: BackgroundLoop
+) -> None:
     config = exporter_config(sim.base_url, balance=BalanceConfig(poll_interval=0))
     with running_exporter(config, background_loop) as running:
         samples = running.samples()
@@ -304,5 +363,12 @@ def test_exhaustion_gauges_parse(sim: Simulator, background_loop: BackgroundLoop
         running.clock.advance(60)
         running.poll()
         samples = parse_samples(running.scrape_text())
-        assert samples[("deepseek_balance_exhaustion_seconds",
-                        frozenset({"account": "prod", "currency": "CNY"}.items()))] == math.inf
+        assert (
+            samples[
+                (
+                    "deepseek_balance_exhaustion_seconds",
+                    frozenset({"account": "prod", "currency": "CNY"}.items()),
+                )
+            ]
+            == math.inf
+        )
