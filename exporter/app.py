@@ -133,8 +133,10 @@ class Exporter:
             self._reload_time.set(self.clock())
             log.info("config reloaded: %d account(s)", len(config.accounts))
             # Newly added accounts are polled right away instead of one interval later.
-            if config.balance.poll_interval:
+            if self.poller.enabled:
                 await self.poller.poll_once()
+                if self._poll_task is not None and self._poll_task.done():
+                    self._poll_task = asyncio.create_task(self.poller.run(), name="balance-poller")
             return None
 
     async def _serve(
