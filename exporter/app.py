@@ -144,6 +144,7 @@ class Exporter:
         build: Callable[[list[Middleware]], web.Application | web.Server],
         address: str,
         web_config: Path | None,
+        for_proxy: bool = False,
     ) -> str:
         ssl_context = None
         middlewares: list[Middleware] = []
@@ -152,7 +153,7 @@ class Exporter:
 
             settings = load_web_config(web_config)
             ssl_context = settings.ssl_context()
-            middlewares.append(settings.auth_middleware())
+            middlewares.append(settings.auth_middleware(for_proxy=for_proxy))
         target = build(middlewares)
         timeout = self.config.web.shutdown_timeout
         runner: web.BaseRunner
@@ -183,6 +184,7 @@ class Exporter:
                 self.proxy.make_server,
                 self.config.proxy.listen_address,
                 self.config.proxy.web_config_file,
+                for_proxy=True,
             )
             log.info(
                 "proxy listener on %s, forwarding to %s",

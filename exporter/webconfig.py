@@ -212,11 +212,17 @@ class WebSettings:
             return None
         return _build_ssl_context(str(self.path), self.tls)
 
-    def auth_middleware(self) -> Middleware:
+    def auth_middleware(self, for_proxy: bool = False) -> Middleware:
         """Basic auth (when users are configured) and the configured headers, as one middleware.
 
         Each call builds its own cache of successful checks, so a reloaded file starts clean.
+        ``for_proxy``: on the metering proxy ``Authorization`` carries the DeepSeek key, so the
+        credentials travel in ``Proxy-Authorization`` and a refusal is a 407.
         """
+        credentials = hdrs.PROXY_AUTHORIZATION if for_proxy else hdrs.AUTHORIZATION
+        status, challenge = (
+            (407, hdrs.PROXY_AUTHENTICATE) if for_proxy else (401, hdrs.WWW_AUTHENTICATE)
+        )
         headers = dict(self.headers)
         auth = BasicAuth(self.basic_auth_users) if self.basic_auth_users else None
 
@@ -230,13 +236,11 @@ class WebSettings:
 
         @web.middleware
         async def web_config(request: web.Request, handler: Handler) -> web.StreamResponse:
-            if auth is not None and not await auth.check_header(
-                request.headers.get(hdrs.AUTHORIZATION)
-            ):
+            if auth is not None and not await auth.check_header(request.headers.get(credentials)):
                 response: web.StreamResponse = web.Response(
-                    status=401,
+                    status=status,
                     text="Unauthorized\n",
-                    headers={hdrs.WWW_AUTHENTICATE: 'Basic realm="deepseek-exporter"'},
+                    headers={challenge: 'Basic realm="deepseek-exporter"'},
                 )
             else:
                 try:
