@@ -1,4 +1,4 @@
-"""Both listeners behind TLS and basic auth, as an exporter runs them; refusal of bad web configs."""
+"""Both listeners behind TLS and basic auth, as an exporter runs them; bad web configs refused."""
 
 from __future__ import annotations
 
