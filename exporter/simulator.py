@@ -247,7 +247,8 @@ class RequestRecord:
     model: str | None = None
     stream: bool = False
     # None while in flight; 0 if a fault dropped the connection before any response; 499 if
-    # the client went away before a status was decided.
+    # the client went away before the reply was complete (a charged stream included). A RESET
+    # fault keeps the 200 it sent: see `fault`.
     status: int | None = None
     fault: str | None = None
     usage: Usage | None = None  # charged usage (whether or not the reply showed it)
@@ -708,8 +709,12 @@ class Simulator:
             status = response.status
             return response
         finally:
-            # The status of a completion is finalised when it is charged; here for the rest.
-            self._finish(record, status if status is not None else 499)
+            if status is None:
+                # The client went away (cancelled, reset) before the reply was complete: 499,
+                # even after a 200 header and after charging.
+                self._finish(record, 499, override=True)
+            else:
+                self._finish(record, status)
 
     def _replacing_fault(self, request: web.Request, fault: Fault) -> web.StreamResponse:
         if fault.kind == FaultKind.STATUS:
@@ -747,10 +752,12 @@ class Simulator:
         response.headers["Content-Type"] = content_type
         return response
 
-    def _finish(self, record: RequestRecord, status: int) -> None:
-        """Set the final status once and count it."""
+    def _finish(self, record: RequestRecord, status: int, override: bool = False) -> None:
+        """Set the status and count it; only once, unless ``override`` corrects it (usage and
+        cost are counted the first time only)."""
         with self._lock:
-            if record.status is not None:
+            previous = record.status
+            if previous is not None and (not override or previous == status):
                 return
             record.status = status
             if record.account is None:
@@ -762,6 +769,11 @@ class Simulator:
                 else stats.other_requests
             )
             counter[status] = counter.get(status, 0) + 1
+            if previous is not None:
+                counter[previous] -= 1
+                if counter[previous] == 0:
+                    del counter[previous]
+                return
             if record.usage is not None:
                 u, s = record.usage, stats.usage
                 stats.usage = Usage(
@@ -877,7 +889,7 @@ class Simulator:
         thinking: bool,
         max_tokens: int | None,
     ) -> _Generation:
-        """Run the "inference": count tokens, charge the account, finish the record (200)."""
+        """Run the "inference": count tokens, charge the account, record a 200."""
         content_tokens = self.completion_tokens
         finish_reason = "stop"
         if max_tokens is not None and max_tokens < content_tokens:
@@ -906,6 +918,8 @@ class Simulator:
                         topped_up - from_topped,
                     )
             seq = record.seq
+        # Counted now, not when the reply ends: a client that has read the whole reply must find
+        # it in stats() at once. A client that goes away mid-reply turns it into a 499.
         self._finish(record, 200)
         return _Generation(
             id=f"sim-{seq}",

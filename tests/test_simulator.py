@@ -644,6 +644,13 @@ def test_stall_between_chunks(sim: Simulator, raw: httpx.Client) -> None:
     ):
         events.extend(line for line in reply.iter_lines() if line.startswith("data: "))
     assert len(events) == 2
+    # The client gave up mid-stream: logged as 499, yet charged (inference had happened).
+    deadline = time.monotonic() + 2
+    while sim.requests()[-1].status != 499 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert sim.requests()[-1].status == 499
+    assert sim.stats()["alice"].completions == {499: 1}
+    assert sim.stats()["alice"].usage == Usage(0, 6, 20, 0)
     sim.add_fault("stall", seconds=0.1)
     started = time.monotonic()
     reply = raw.post("/chat/completions", json=chat_body())  # stalls half-way through the body
