@@ -169,9 +169,7 @@ class Proxy:
     async def open(self) -> None:
         # limit=0: concurrency is the upstream's to limit (it answers 429), not ours.
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, enable_cleanup_closed=True)
-        self._session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=False, timeout=self.timeout
-        )
+        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -268,15 +266,16 @@ class Proxy:
         started = time.perf_counter()
         metrics = self.metrics
         try:
-            upstream_cm = self._session.request(
+            upstream = await self._session.request(
                 request.method,
                 self.base_url + request.raw_path,
                 headers=headers,
                 data=body,
                 allow_redirects=False,
+                # Forward what the client sent, not aiohttp's defaults.
                 skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
+                timeout=self.timeout,
             )
-            upstream = await upstream_cm.__aenter__()
         except BodyTooLarge:
             metrics.rejected.labels("body_too_large").inc()
             return deepseek_error(413, "Request body too large", "invalid_request_error")
@@ -298,7 +297,8 @@ class Proxy:
         try:
             return await self._relay(request, upstream, account, model, started)
         finally:
-            await upstream_cm.__aexit__(None, None, None)
+            # Back to the pool when read to the end; closed (cancelling upstream) otherwise.
+            upstream.release()
 
     async def _relay(
         self,
