@@ -276,6 +276,12 @@ class Proxy:
                 skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
                 timeout=self.timeout,
             )
+        except asyncio.CancelledError:
+            # The client went away before the upstream answered (while still sending its body,
+            # or waiting for the response head) and aiohttp cancelled us: an abort all the same.
+            model = self.model_label(sniffer.model)
+            metrics.stream_aborts.labels(account, model, "client_disconnect").inc()
+            raise
         except BodyTooLarge:
             metrics.rejected.labels("body_too_large").inc()
             return deepseek_error(413, "Request body too large", "invalid_request_error")
