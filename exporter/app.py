@@ -24,7 +24,7 @@ from exporter.config import Config, ConfigError, load_config
 from exporter.metrics import ProxyMetrics
 from exporter.poller import BalancePoller, Clock
 from exporter.pricing import PriceTable, PricingError
-from exporter.proxy import Middleware, Proxy
+from exporter.proxy import KEEPALIVE_TIMEOUT, Middleware, Proxy
 from exporter.web import make_web_app
 
 log = logging.getLogger(__name__)
@@ -182,7 +182,12 @@ class Exporter:
         timeout = self.config.web.shutdown_timeout
         runner: web.BaseRunner
         if isinstance(target, web.Application):
-            runner = web.AppRunner(target, access_log=None, shutdown_timeout=timeout)
+            runner = web.AppRunner(
+                target,
+                access_log=None,
+                shutdown_timeout=timeout,
+                keepalive_timeout=KEEPALIVE_TIMEOUT,
+            )
         else:
             runner = web.ServerRunner(target, shutdown_timeout=timeout)
         await runner.setup()

@@ -52,6 +52,10 @@ MODEL_SCAN_OVERLAP = 160
 SMALL_BODY = 64 * 1024
 # Non-streaming responses are kept (a copy) only up to this size to find their usage.
 MAX_METERED_BODY = 4 * 1024 * 1024
+# Seconds a connection may sit idle, or take to send a complete request head, before the server
+# closes it (both listeners). aiohttp's low-level server would wait 3630 s; 75 s is what its
+# run_app and nginx use, and bounds what idle or slowloris clients can hold.
+KEEPALIVE_TIMEOUT = 75.0
 
 
 Middleware = Callable[..., Awaitable[web.StreamResponse]]
@@ -164,7 +168,12 @@ class Proxy:
         for middleware in reversed(middlewares):
             handler = functools.partial(middleware, handler=handler)
         # handler_cancellation: a client that goes away cancels its handler, and so the upstream.
-        return web.Server(handler, handler_cancellation=True, access_log=None)
+        return web.Server(
+            handler,
+            handler_cancellation=True,
+            access_log=None,
+            keepalive_timeout=KEEPALIVE_TIMEOUT,
+        )
 
     async def open(self) -> None:
         # limit=0: concurrency is the upstream's to limit (it answers 429), not ours.
