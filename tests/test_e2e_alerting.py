@@ -560,7 +560,7 @@ def test_402_pages_and_top_up_resolves(stack: Stack) -> None:
     assert DRAINING in alert["annotations"]["description"]
 
     # The on-call tops up; the next balance poll (10 s in the demo) sees the account available
-    # again with a top-up, and the page resolves.
+    # again with a top-up, and once no 402 has come for a minute the page resolves.
     topped_up = time.monotonic()
     stack.control("POST", f"accounts/{DRAINING}/top_up", {"currency": "USD", "amount": "5.00"})
 
