@@ -130,7 +130,12 @@ def parse_duration(text: str) -> float:
     match = _DURATION_RE.match(text) if text else None
     if not match or not any(match.groups()):
         raise ValueError(f"not a duration: {text!r} (use e.g. 500ms, 10s, 5m, 6h, 1d)")
-    return sum(int(g) * unit for g, unit in zip(match.groups(), _DURATION_UNITS, strict=True) if g)
+    try:
+        return sum(
+            int(g) * unit for g, unit in zip(match.groups(), _DURATION_UNITS, strict=True) if g
+        )
+    except OverflowError:  # more digits than a float holds
+        raise ValueError(f"not a duration: {text[:40]!r}... (too large)") from None
 
 
 def _duration(
@@ -255,6 +260,8 @@ class _Secrets:
                 value = file.read_text().strip()
             except OSError as err:
                 raise ConfigError(f"{path}.{key}: cannot read {file}: {err.strerror}") from None
+            except ValueError:  # not UTF-8 text, or a NUL in the file name
+                raise ConfigError(f"{path}.{key}: cannot read {file}: not a text file") from None
             if not value:
                 raise ConfigError(f"{path}.{key}: {file} is empty")
         else:
@@ -422,6 +429,8 @@ def load_config(
             text = file.read_text()
         except OSError as err:
             raise ConfigError(f"{file}: cannot read: {err.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{file}: cannot read: not UTF-8 text") from None
         try:
             raw = yaml.safe_load(text)
         except yaml.YAMLError as err:
@@ -429,9 +438,19 @@ def load_config(
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
             problem = getattr(err, "problem", None) or "invalid YAML"
             raise ConfigError(f"{file}: invalid YAML{where}: {problem}") from None
+        except RecursionError:
+            raise ConfigError(f"{file}: invalid YAML: nested too deeply") from None
         base_dir = file.parent
-    config = _build(raw, environ, base_dir)
-    for dest, value in (overrides or {}).items():
-        if value is not None:
-            config = FLAG_OVERRIDES[dest](config, value)
+    try:
+        config = _build(raw, environ, base_dir)
+        for dest, value in (overrides or {}).items():
+            if value is not None:
+                config = FLAG_OVERRIDES[dest](config, value)
+    except ConfigError as err:
+        # One line, whatever the file held: a key, an environment variable name or a path may
+        # contain line breaks.
+        lines = str(err).splitlines()
+        if len(lines) > 1:
+            raise ConfigError("\\n".join(lines)) from None
+        raise
     return config
