@@ -74,14 +74,17 @@ def parse_balance_reply(body: bytes) -> BalanceReply:
     """Parse a ``/user/balance`` body or raise PollError('invalid_response', why)."""
     try:
         data = json.loads(body, parse_float=str, parse_int=str, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # RecursionError: nested thousands of levels deep
         snippet = body[:40].decode("utf-8", "replace").strip()
         raise _invalid(f"body is not JSON (starts with {snippet!r})") from None
     if not isinstance(data, dict):
         raise _invalid("body is not a JSON object")
     if set(data) != {"is_available", "balance_infos"}:
         extra = sorted(set(data) ^ {"is_available", "balance_infos"})
-        raise _invalid(f"unexpected or missing fields: {', '.join(extra)}")
+        # Names as the upstream sent them, unless they could break or flood a log line.
+        names = [n if n.isprintable() and len(n) <= 40 else repr(n[:40]) for n in extra[:5]]
+        more = f" (and {len(extra) - 5} more)" if len(extra) > 5 else ""
+        raise _invalid(f"unexpected or missing fields: {', '.join(names)}{more}")
     available = data["is_available"]
     if not isinstance(available, bool):
         raise _invalid("is_available: expected true or false")
