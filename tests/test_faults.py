@@ -403,14 +403,14 @@ REPEAT = 5  # more than FD_SLACK: a descriptor leaked per request cannot hide in
 
 
 def test_upstream_refuses_connections(bench: Bench) -> None:
-    with socket.socket() as placeholder:  # a port nothing listens on
+    # A port that is bound but not listening refuses connections, and stays ours meanwhile.
+    with socket.socket() as placeholder:
         placeholder.bind(("127.0.0.1", 0))
-        port = placeholder.getsockname()[1]
-    bench.point_upstream(f"http://127.0.0.1:{port}")
-    for _ in range(REPEAT):
-        response = bench.post()
-        assert response.status_code == 502
-        assert response.json()["error"]["message"] == "Cannot reach the upstream API"
+        bench.point_upstream(f"http://127.0.0.1:{placeholder.getsockname()[1]}")
+        for _ in range(REPEAT):
+            response = bench.post()
+            assert response.status_code == 502
+            assert response.json()["error"]["message"] == "Cannot reach the upstream API"
     bench.point_upstream(bench.sim.base_url)
     bench.check(upstream_errors={("prod", "connect"): REPEAT})
 
@@ -692,7 +692,7 @@ def test_client_disconnects_mid_stream(bench: Bench) -> None:
         aborts={("prod", MODEL, "client_disconnect"): REPEAT},
     )
     # Each upstream request ended with its client: the simulator saw them go (499).
-    assert bench.sim.stats()["prod"].completions.get(499) == REPEAT
+    wait_until(lambda: bench.sim.stats()["prod"].completions.get(499) == REPEAT)
 
 
 @pytest.mark.parametrize("size", [2_000, 200_000], ids=["small", "streamed"])
@@ -846,6 +846,9 @@ def test_slowloris_does_not_starve_anyone(bench: Bench) -> None:
         for sock in uploading:
             sock.sendall(RawClient.request_head(len(body)) + body[:70_000])
         wait_until(lambda: bench.in_flight() == len(uploading))
+        # The upstream has their heads, which go with the first piece of the body: the model
+        # has been seen.
+        wait_until(lambda: sum(r.status is None for r in bench.sim.requests()) == len(uploading))
         head = RawClient.request_head(100)[:-2]  # never finished
         for i in range(len(head)):
             for sock in dripping:
