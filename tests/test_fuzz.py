@@ -12,9 +12,11 @@ Runs are derandomized (the same examples every time, so CI is deterministic); se
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
+import shutil
 import string
 import tempfile
 from datetime import UTC, datetime, timedelta, timezone
@@ -187,6 +189,7 @@ CONFIG_DOCS = st.fixed_dictionaries(
 
 ENVIRON = {"KEY_A": "sk-fuzz-a", "KEY_B": "sk-fuzz-b", "TOKEN": "tok-fuzz"}
 CONFIG_DIR = Path(tempfile.mkdtemp(prefix="fuzz-config-"))
+atexit.register(shutil.rmtree, CONFIG_DIR, ignore_errors=True)
 (CONFIG_DIR / "key.txt").write_text("sk-fuzz-file\n")
 (CONFIG_DIR / "token.txt").write_text("tok-fuzz-file\n")
 (CONFIG_DIR / "empty.txt").write_text("")
