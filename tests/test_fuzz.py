@@ -231,7 +231,7 @@ def assert_sound(result: Config | ConfigError) -> None:
         assert threshold is None or (threshold.is_finite() and threshold >= 0)
 
 
-@fuzz(300)
+@fuzz(200)
 @given(CONFIG_DOCS)
 @example([{"accounts": []}])
 @example({"accounts": [], "extra": 1})
@@ -270,7 +270,7 @@ YAML_FRAGMENTS = st.sampled_from(
 )
 
 
-@fuzz(300)
+@fuzz(200)
 @given(st.lists(st.one_of(YAML_FRAGMENTS, st.binary(max_size=20)), max_size=12).map(b"".join))
 @example(b"[" * 5000 + b"]" * 5000)
 @example(b"\xff\xfe\x00garbage")
@@ -281,7 +281,7 @@ def test_config_text_loads_or_fails_with_one_line(text: bytes) -> None:
 # --- durations -------------------------------------------------------------------------------
 
 
-@fuzz(500)
+@fuzz(300)
 @given(DURATION_TEXT)
 def test_duration_parses_to_a_finite_non_negative_number_or_value_error(text: str) -> None:
     try:
@@ -292,7 +292,7 @@ def test_duration_parses_to_a_finite_non_negative_number_or_value_error(text: st
     assert math.isfinite(seconds) and seconds >= 0
 
 
-@fuzz(300)
+@fuzz(200)
 @given(
     st.tuples(*(st.one_of(st.none(), st.integers(0, 10**6)) for _ in range(5))).filter(
         lambda parts: any(p is not None for p in parts)
@@ -379,14 +379,14 @@ def assert_balance_sound(body: bytes) -> None:
         assert abs(balance.total - balance.granted - balance.topped_up) <= Decimal("0.01")
 
 
-@fuzz(400)
+@fuzz(250)
 @given(REPLIES)
 @example({"is_available": True, "balance_infos": [{"nested": [[[[[[]]]]]]}]})
 def test_balance_json_values(value: Any) -> None:
     assert_balance_sound(json.dumps(value).encode())
 
 
-@fuzz(300)
+@fuzz(200)
 @given(st.one_of(st.binary(max_size=200), REPLIES.map(lambda v: json.dumps(v).encode()[:-3])))
 @example(b"[" * 100_000)
 @example(b'{"is_available": true, "balance_infos": ' + b"[" * 50_000)
@@ -433,7 +433,7 @@ SNIFF_FRAGMENTS = st.sampled_from(
 )
 
 
-@fuzz(400)
+@fuzz(250)
 @given(
     st.lists(st.one_of(st.binary(max_size=30), SNIFF_FRAGMENTS), max_size=30).map(b"".join),
     st.lists(st.integers(0, 1000), max_size=8),
@@ -442,7 +442,7 @@ def test_model_sniffer_never_raises_and_labels_stay_bounded(body: bytes, cuts: l
     assert sniff(split(body, cuts)) in LABELS
 
 
-@fuzz(400)
+@fuzz(250)
 @given(
     model=MODEL_NAMES,
     content=st.text(max_size=300),
@@ -483,7 +483,7 @@ INSTANTS = st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2100,
 )
 
 
-@fuzz(400)
+@fuzz(250)
 @given(
     model=MODEL_NAMES,
     currency=st.one_of(st.sampled_from(["CNY", "USD", "EUR", "usd"]), st.text(max_size=4)),
@@ -514,7 +514,7 @@ def test_price_lookup_of_any_name(
 COUNTS = st.integers(min_value=0, max_value=10**9)
 
 
-@fuzz(300)
+@fuzz(200)
 @given(
     miss=COUNTS,
     hit=COUNTS,
