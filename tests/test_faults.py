@@ -190,18 +190,13 @@ class Bench:
 
     # -- upstream switching -------------------------------------------------------------------
 
-    def point_upstream(self, url: str, timeout: float | None = None) -> None:
-        """Send the proxy to another upstream (and timeout), as a reload would."""
+    def point_upstream(self, url: str) -> None:
+        """Send the proxy to another upstream, as a reload would."""
         exporter = self.running.exporter
 
         async def apply() -> None:
             config = exporter.config
-            proxy_config = (
-                config.proxy if timeout is None else replace(config.proxy, timeout=timeout)
-            )
-            new = replace(
-                config, deepseek=replace(config.deepseek, base_url=url), proxy=proxy_config
-            )
+            new = replace(config, deepseek=replace(config.deepseek, base_url=url))
             exporter.proxy.reconfigure(new, exporter.prices)
 
         self.exporter_loop.run(apply())
