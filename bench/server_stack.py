@@ -45,22 +45,11 @@ from aiohttp import web
 
 import benchlib as bl
 
+sys.path.insert(0, str(bl.REPO))
+from exporter.proxy import HOP_BY_HOP  # the same header rules as the real proxy
+
 SECTION = "server_stack"
 DOC = bl.REPO / "docs" / "benchmarks.md"
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-    }
-)
 HOP_BY_HOP_BYTES = frozenset(h.encode() for h in HOP_BY_HOP)
 SKIP_AUTO = ("User-Agent", "Accept-Encoding", "Accept", "Content-Type")
 
