@@ -54,6 +54,23 @@ def steps(*pairs: tuple[str, float | None]) -> dict:
     return {"mode": "absolute", "steps": [{"color": c, "value": v} for c, v in pairs]}
 
 
+def red_green_0_1(bad: str, good: str) -> dict[str, Any]:
+    """Options of a stat panel showing a 0/1 health gauge as red ``bad`` / green ``good``."""
+    return {
+        "unit": "none",
+        "thresholds": steps((RED, None), (GREEN, 1)),
+        "mappings": [
+            {
+                "type": "value",
+                "options": {
+                    "0": {"text": bad, "color": RED, "index": 0},
+                    "1": {"text": good, "color": GREEN, "index": 1},
+                },
+            }
+        ],
+    }
+
+
 def by_ref(ref: str, *props: tuple[str, Any]) -> dict:
     return {
         "matcher": {"id": "byFrameRefID", "options": ref},
@@ -281,17 +298,7 @@ def available_stat() -> Panel:
                 instant=True,
             )
         ],
-        unit="none",
-        thresholds=steps((RED, None), (GREEN, 1)),
-        mappings=[
-            {
-                "type": "value",
-                "options": {
-                    "0": {"text": "unavailable", "color": RED, "index": 0},
-                    "1": {"text": "available", "color": GREEN, "index": 1},
-                },
-            }
-        ],
+        **red_green_0_1("unavailable", "available"),
     )
 
 
@@ -603,17 +610,7 @@ def poll_success() -> Panel:
         "Whether the last balance poll succeeded, per account (max over replicas: ok while any "
         "replica polls). Failing for 10 minutes fires DeepSeekBalancePollFailing.",
         [target("A", f"max by (account) (deepseek_up{{{SEL}}})", "{{account}}", instant=True)],
-        unit="none",
-        thresholds=steps((RED, None), (GREEN, 1)),
-        mappings=[
-            {
-                "type": "value",
-                "options": {
-                    "0": {"text": "failing", "color": RED, "index": 0},
-                    "1": {"text": "ok", "color": GREEN, "index": 1},
-                },
-            }
-        ],
+        **red_green_0_1("failing", "ok"),
     )
 
 
@@ -641,17 +638,7 @@ def targets_up() -> Panel:
         "Prometheus's scrape of each exporter replica (up). Down or absent for 5 minutes fires "
         "DeepSeekExporterDown.",
         [target("A", f"up{{{JOB}}}", "{{instance}}", instant=True)],
-        unit="none",
-        thresholds=steps((RED, None), (GREEN, 1)),
-        mappings=[
-            {
-                "type": "value",
-                "options": {
-                    "0": {"text": "down", "color": RED, "index": 0},
-                    "1": {"text": "up", "color": GREEN, "index": 1},
-                },
-            }
-        ],
+        **red_green_0_1("down", "up"),
     )
 
 
@@ -668,17 +655,7 @@ def config_reload() -> Panel:
                 instant=True,
             )
         ],
-        unit="none",
-        thresholds=steps((RED, None), (GREEN, 1)),
-        mappings=[
-            {
-                "type": "value",
-                "options": {
-                    "0": {"text": "failed", "color": RED, "index": 0},
-                    "1": {"text": "ok", "color": GREEN, "index": 1},
-                },
-            }
-        ],
+        **red_green_0_1("failed", "ok"),
     )
 
 
