@@ -70,15 +70,10 @@ class BalancePoller:
         clock: Clock = time.time,
         client: httpx.AsyncClient | None = None,
     ) -> None:
-        self.deepseek = deepseek
-        self.balance = balance
         self.clock = clock
         self._client = client or httpx.AsyncClient(follow_redirects=False)
-        retention = max(max(BURN_RATE_WINDOWS.values()), balance.forecast_window)
-        self.states: dict[str, AccountState] = {
-            a.name: AccountState(account=a, retention=retention) for a in accounts
-        }
-        self._tasks: list[asyncio.Task[None]] = []
+        self.states: dict[str, AccountState] = {}
+        self.reconfigure(deepseek, balance, accounts)
 
     def reconfigure(
         self, deepseek: DeepSeekConfig, balance: BalanceConfig, accounts: tuple[AccountConfig, ...]
