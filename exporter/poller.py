@@ -87,6 +87,8 @@ class BalancePoller:
             state = old.get(account.name)
             if state is not None and state.account.api_key == account.api_key:
                 state.account, state.retention = account, retention
+                for tracker in state.trackers.values():  # a longer forecast_window keeps more
+                    tracker.retention = retention
                 self.states[account.name] = state
             else:
                 self.states[account.name] = AccountState(account=account, retention=retention)

@@ -73,3 +73,18 @@ def test_history_is_bounded_by_retention() -> None:
 def test_clock_going_backwards_is_ignored() -> None:
     tracker = tracker_with([(100, "10"), (50, "5"), (160, "9")])
     assert tracker.spent_total == Decimal("1")
+
+
+def test_reload_with_a_longer_forecast_window_extends_kept_history() -> None:
+    from dataclasses import replace
+
+    from exporter.config import AccountConfig, BalanceConfig, DeepSeekConfig, Secret
+    from exporter.poller import BalancePoller
+
+    account = AccountConfig("prod", Secret("k"))
+    balance = BalanceConfig(forecast_window=HOUR)
+    poller = BalancePoller(DeepSeekConfig(), balance, (account,))
+    state = poller.states["prod"]
+    state.trackers["CNY"] = SpendTracker(state.retention)
+    poller.reconfigure(DeepSeekConfig(), replace(balance, forecast_window=48 * HOUR), (account,))
+    assert poller.states["prod"].trackers["CNY"].retention == 48 * HOUR
