@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry, Gauge
 
 from exporter import __version__
 from exporter.collector import BalanceCollector
 from exporter.config import Config, ConfigError, load_config
+from exporter.logs import RedactMalformedRequests
 from exporter.metrics import ProxyMetrics
 from exporter.poller import BalancePoller, Clock
 from exporter.pricing import PriceTable, PricingError
@@ -31,27 +31,8 @@ from exporter.web import make_web_app
 log = logging.getLogger(__name__)
 
 
-class _RedactMalformedRequests(logging.Filter):
-    """aiohttp logs a request its parser refuses at ERROR with a traceback whose message quotes
-    the offending raw line, which may be an ``Authorization`` header: a key in the logs. Keep the
-    event, drop the bytes: one line naming the error's class, at WARNING (the client's fault)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, HttpProcessingError):
-            peer = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
-            record.msg, record.args = (
-                "malformed HTTP request from %s: %s",
-                (peer, type(error).__name__),
-            )
-            record.exc_info, record.exc_text = None, None
-            if record.levelno > logging.WARNING:
-                record.levelno, record.levelname = logging.WARNING, "WARNING"
-        return True
-
-
 # Both listeners (and any aiohttp server in the process) log through this logger.
-logging.getLogger("aiohttp.server").addFilter(_RedactMalformedRequests())
+logging.getLogger("aiohttp.server").addFilter(RedactMalformedRequests())
 
 
 def load_all(

@@ -7,6 +7,8 @@ import logging
 import sys
 import time
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 LEVELS = ("debug", "info", "warn", "error")
 
 
@@ -43,6 +45,25 @@ class LogfmtFormatter(logging.Formatter):
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         return json.dumps(_fields(self, record))
+
+
+class RedactMalformedRequests(logging.Filter):
+    """aiohttp logs a request its parser refuses at ERROR with a traceback whose message quotes
+    the offending raw line, which may be an ``Authorization`` header: a key in the logs. Keep the
+    event, drop the bytes: one line naming the error's class, at WARNING (the client's fault)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            peer = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.msg, record.args = (
+                "malformed HTTP request from %s: %s",
+                (peer, type(error).__name__),
+            )
+            record.exc_info, record.exc_text = None, None
+            if record.levelno > logging.WARNING:
+                record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
 
 
 def setup_logging(level: str = "info", fmt: str = "logfmt") -> None:
