@@ -222,8 +222,7 @@ class Proxy:
         account = identity.account if identity is not None else UNKNOWN_ACCOUNT
         length = request.content_length
         if length is not None and length > self.config.proxy.max_body_bytes:
-            self.metrics.rejected.labels("body_too_large").inc()
-            return deepseek_error(413, "Request body too large", "invalid_request_error")
+            return self._too_large()
 
         headers = CIMultiDict(
             (k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP
@@ -249,6 +248,10 @@ class Proxy:
             return await self._forward(request, headers, body, account, sniffer)
         finally:
             in_flight.dec()
+
+    def _too_large(self) -> web.Response:
+        self.metrics.rejected.labels("body_too_large").inc()
+        return deepseek_error(413, "Request body too large", "invalid_request_error")
 
     async def _stream_body(
         self, request: web.BaseRequest, sniffer: ModelSniffer
@@ -292,8 +295,7 @@ class Proxy:
             metrics.stream_aborts.labels(account, model, "client_disconnect").inc()
             raise
         except BodyTooLarge:
-            metrics.rejected.labels("body_too_large").inc()
-            return deepseek_error(413, "Request body too large", "invalid_request_error")
+            return self._too_large()
         except (TimeoutError, aiohttp.ServerTimeoutError):
             metrics.upstream_errors.labels(account, "timeout").inc()
             return deepseek_error(504, "Upstream did not answer in time", "upstream_timeout")
@@ -303,8 +305,7 @@ class Proxy:
             return deepseek_error(502, "Cannot reach the upstream API", "upstream_unreachable")
         except aiohttp.ClientError as err:
             if isinstance(err.__cause__, BodyTooLarge) or isinstance(err.__context__, BodyTooLarge):
-                metrics.rejected.labels("body_too_large").inc()
-                return deepseek_error(413, "Request body too large", "invalid_request_error")
+                return self._too_large()
             metrics.upstream_errors.labels(account, "reset").inc()
             return deepseek_error(502, "The upstream connection was reset", "upstream_reset")
 
