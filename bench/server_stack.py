@@ -46,7 +46,7 @@ from aiohttp import web
 import benchlib as bl
 
 sys.path.insert(0, str(bl.REPO))
-from exporter.proxy import HOP_BY_HOP  # the same header rules as the real proxy
+from exporter.proxy.server import HOP_BY_HOP  # the same header rules as the real proxy
 
 SECTION = "server_stack"
 DOC = bl.REPO / "docs" / "benchmarks.md"

@@ -16,17 +16,20 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CollectorRegistry, Gauge
 
 from exporter import __version__
-from exporter.collector import BalanceCollector
+from exporter.balance.collector import BalanceCollector
+from exporter.balance.poller import BalancePoller
+from exporter.clock import Clock
 from exporter.config import Config, ConfigError, load_config
 from exporter.logs import RedactMalformedRequests
-from exporter.metrics import ProxyMetrics
-from exporter.poller import BalancePoller, Clock
-from exporter.pricing import PriceTable, PricingError
-from exporter.proxy import KEEPALIVE_TIMEOUT, Middleware, Proxy
-from exporter.web import make_web_app
+from exporter.proxy.metrics import ProxyMetrics
+from exporter.proxy.pricing import PriceTable, PricingError
+from exporter.proxy.server import KEEPALIVE_TIMEOUT, Proxy
+from exporter.web.pages import make_web_app
+from exporter.web.status import AccountStatus
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +52,7 @@ def load_all(
     for file in (config.web.config_file, config.proxy.web_config_file):
         if file is not None:
             # Imported here: TLS and bcrypt are not needed by exporters that do not use them.
-            from exporter.webconfig import WebConfigError, load_web_config
+            from exporter.web.webconfig import WebConfigError, load_web_config
 
             try:
                 load_web_config(file)
@@ -120,6 +123,41 @@ class Exporter:
     def ready(self) -> bool:
         return self.poller.ready
 
+    def now(self) -> float:
+        return self.clock()
+
+    def account_status(self) -> list[AccountStatus]:
+        """The landing page's rows: one per account and currency, from the last poll."""
+        now = self.clock()
+        window = self.config.balance.forecast_window
+        rows: list[AccountStatus] = []
+        for name, state in self.poller.states.items():
+            poll_state = "up" if state.up else ("down" if state.polled else "pending")
+            common = {
+                "name": name,
+                "poll_state": poll_state,
+                "last_error": state.last_error,
+                "last_success": state.last_success,
+            }
+            fresh = state.is_fresh(now, self.config.balance.max_staleness)
+            reply = state.last_reply if fresh else None
+            if reply is None or not reply.balances:
+                rows.append(AccountStatus(**common))
+                continue
+            for balance in reply.balances:
+                tracker = state.trackers[balance.currency]
+                rows.append(
+                    AccountStatus(
+                        **common,
+                        currency=balance.currency,
+                        balance=balance.total,
+                        available=reply.is_available,
+                        burn_per_second=tracker.burn_rate(window, now),
+                        exhaustion_seconds=tracker.exhaustion_seconds(window, now),
+                    )
+                )
+        return rows
+
     async def reload(self) -> str | None:
         """Reload the config file; on error keep the running config and return the error."""
         async with self._reload_lock:
@@ -155,7 +193,7 @@ class Exporter:
         ssl_context = None
         middlewares: list[Middleware] = []
         if web_config is not None:
-            from exporter.webconfig import load_web_config
+            from exporter.web.webconfig import load_web_config
 
             settings = load_web_config(web_config)
             ssl_context = settings.ssl_context()

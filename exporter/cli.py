@@ -132,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"config error: {err}", file=sys.stderr)
         return 1
     if args.command == "balance":
-        from exporter.check import check_balances
+        from exporter.balance.check import check_balances
 
         return asyncio.run(check_balances(config))
     if args.config_check:

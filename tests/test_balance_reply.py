@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from exporter.balance import PollError, parse_balance_reply
+from exporter.balance.client import PollError, parse_balance_reply
 
 
 def reply(*infos: dict[str, object], available: object = True) -> bytes:

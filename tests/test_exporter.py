@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from exporter.balance import POLL_ERROR_REASONS
+from exporter.balance.client import POLL_ERROR_REASONS
 from exporter.config import AccountConfig, BalanceConfig, Secret
 from exporter.simulator import Simulator
 from tests.conftest import BackgroundLoop, require_binary

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from exporter.forecast import SpendTracker
+from exporter.balance.forecast import SpendTracker
 
 HOUR = 3600.0
 
@@ -78,8 +78,8 @@ def test_clock_going_backwards_is_ignored() -> None:
 def test_reload_with_a_longer_forecast_window_extends_kept_history() -> None:
     from dataclasses import replace
 
+    from exporter.balance.poller import BalancePoller
     from exporter.config import AccountConfig, BalanceConfig, DeepSeekConfig, Secret
-    from exporter.poller import BalancePoller
 
     account = AccountConfig("prod", Secret("k"))
     balance = BalanceConfig(forecast_window=HOUR)

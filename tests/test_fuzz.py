@@ -29,7 +29,8 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from exporter.balance import PollError, parse_balance_reply
+from exporter.balance.client import PollError, parse_balance_reply
+from exporter.balance.poller import BalancePoller
 from exporter.config import (
     AccountConfig,
     Config,
@@ -39,11 +40,10 @@ from exporter.config import (
     load_config,
     parse_duration,
 )
-from exporter.metrics import OTHER_MODEL, ProxyMetrics
-from exporter.poller import BalancePoller
-from exporter.pricing import PriceTable
-from exporter.proxy import ModelSniffer, Proxy
-from exporter.usage import StreamUsageScanner, Usage
+from exporter.proxy.metrics import OTHER_MODEL, ProxyMetrics
+from exporter.proxy.pricing import PriceTable
+from exporter.proxy.server import ModelSniffer, Proxy
+from exporter.proxy.usage import StreamUsageScanner, Usage
 
 EXPLORE = os.environ.get("FUZZ_EXPLORE") == "1"
 

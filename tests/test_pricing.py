@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exporter.pricing import Price, PriceTable, PricingError
-from exporter.usage import Usage
+from exporter.proxy.pricing import Price, PriceTable, PricingError
+from exporter.proxy.usage import Usage
 
 TESTDATA = Path(__file__).parent / "testdata" / "pricing"
 BUNDLED = Path(__file__).parent.parent / "exporter" / "data" / "prices.yaml"

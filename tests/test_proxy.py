@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from exporter.config import AccountConfig, ProxyClientConfig, Secret
-from exporter.metrics import PREINITIALISED_CODES
+from exporter.proxy.metrics import PREINITIALISED_CODES
 from exporter.simulator import Simulator
 from tests.conftest import BackgroundLoop, FakeClock, require_binary
 from tests.harness import (

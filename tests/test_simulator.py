@@ -26,7 +26,8 @@ import httpx
 import openai
 import pytest
 
-from exporter.pricing import PriceTable
+from exporter.proxy.pricing import PriceTable
+from exporter.proxy.usage import Usage
 from exporter.simulator import (
     Fault,
     FaultKind,
@@ -36,7 +37,6 @@ from exporter.simulator import (
     demo_accounts,
     main,
 )
-from exporter.usage import Usage
 
 PRICES = PriceTable.load()
 # Saturday: off-peak all day. Monday 02:00 UTC: peak (the sheet's 01:00-04:00 window).

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import exporter.usage as usage_module
-from exporter.usage import (
+import exporter.proxy.usage as usage_module
+from exporter.proxy.usage import (
     StreamUsageScanner,
     Usage,
     usage_from_anthropic,

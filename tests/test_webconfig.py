@@ -1,4 +1,4 @@
-"""exporter.webconfig: the exporter-toolkit web config file, served for real over loopback.
+"""exporter.web.webconfig: the exporter-toolkit web config file, served for real over loopback.
 
 Certificates are made at test time with the openssl CLI (nothing is committed); servers are
 tiny aiohttp apps wired exactly as the exporter wires them; clients are httpx and curl.
@@ -21,8 +21,8 @@ import httpx
 import pytest
 from aiohttp import web
 
-from exporter import webconfig
-from exporter.webconfig import BasicAuth, Secret, WebConfigError, WebSettings, load_web_config
+from exporter.web import webconfig
+from exporter.web.webconfig import BasicAuth, Secret, WebConfigError, WebSettings, load_web_config
 from tests.conftest import BackgroundLoop, require_binary
 
 TESTDATA = Path(__file__).parent / "testdata" / "webconfig"

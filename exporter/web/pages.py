@@ -7,22 +7,18 @@ import html
 import math
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client.exposition import choose_encoder
 
 from exporter import __version__
+from exporter.web.status import AccountStatus, ExporterView
 
-if TYPE_CHECKING:
-    from exporter.app import Exporter
-    from exporter.proxy import Middleware
-
-
-EXPORTER: web.AppKey[Exporter] = web.AppKey("exporter")
+EXPORTER: web.AppKey[ExporterView] = web.AppKey("exporter")
 
 
-def make_web_app(exporter: Exporter, middlewares: Sequence[Middleware] = ()) -> web.Application:
+def make_web_app(exporter: ExporterView, middlewares: Sequence[Middleware] = ()) -> web.Application:
     app = web.Application(middlewares=list(middlewares))
     app[EXPORTER] = exporter
     app.router.add_get("/metrics", _metrics)
@@ -34,7 +30,7 @@ def make_web_app(exporter: Exporter, middlewares: Sequence[Middleware] = ()) -> 
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    exporter: Exporter = request.app[EXPORTER]
+    exporter = request.app[EXPORTER]
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     body = encoder(exporter.registry)
     headers = {"Content-Type": content_type}
@@ -49,14 +45,14 @@ async def _healthy(request: web.Request) -> web.Response:
 
 
 async def _ready(request: web.Request) -> web.Response:
-    exporter: Exporter = request.app[EXPORTER]
+    exporter = request.app[EXPORTER]
     if exporter.ready:
         return web.Response(text="Ready.\n")
     return web.Response(status=503, text="Not ready: not every account has been polled yet.\n")
 
 
 async def _reload(request: web.Request) -> web.Response:
-    exporter: Exporter = request.app[EXPORTER]
+    exporter = request.app[EXPORTER]
     error = await exporter.reload()
     if error:
         return web.Response(status=500, text=f"failed to reload config: {error}\n")
@@ -75,50 +71,41 @@ def _duration(seconds: float | None) -> str:
 
 
 async def _landing(request: web.Request) -> web.Response:
-    exporter: Exporter = request.app[EXPORTER]
+    exporter = request.app[EXPORTER]
     return web.Response(text=render_landing(exporter), content_type="text/html")
 
 
-def render_landing(exporter: Exporter) -> str:
+def render_landing(exporter: ExporterView) -> str:
     """A page a person can read at a glance; every value is escaped, no key is ever shown."""
-    now = exporter.clock()
-    window = exporter.config.balance.forecast_window
-    rows: list[str] = []
-    for name, state in exporter.poller.states.items():
-        last_poll = (
-            "never" if state.last_success is None else _duration(now - state.last_success) + " ago"
-        )
-        status = (
-            "up" if state.up else ("pending" if not state.polled else f"DOWN ({state.last_error})")
-        )
-        reply = (
-            state.last_reply if state.is_fresh(now, exporter.config.balance.max_staleness) else None
-        )
-        if reply is None or not reply.balances:
-            rows.append(_row(name, "-", "-", "-", "-", status, last_poll))
-            continue
-        for balance in reply.balances:
-            tracker = state.trackers[balance.currency]
-            rate = tracker.burn_rate(window, now)
-            per_day = "unknown" if rate is None else f"{rate * 86400:.2f} {balance.currency}"
-            seconds = tracker.exhaustion_seconds(window, now)
-            runs_out = _duration(seconds)
-            if seconds is not None and not math.isinf(seconds):
-                at = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(now + seconds))
-                runs_out = f"in {runs_out} ({at})"
-            rows.append(
-                _row(
-                    name,
-                    f"{balance.total} {balance.currency}",
-                    "yes" if reply.is_available else "NO",
-                    per_day,
-                    runs_out,
-                    status,
-                    last_poll,
-                )
-            )
+    now = exporter.now()
+    rows = [_status_row(status, now) for status in exporter.account_status()]
     table = "\n".join(rows) or '<tr><td colspan="7">No accounts configured.</td></tr>'
     return _PAGE.format(version=html.escape(__version__), rows=table)
+
+
+def _status_row(status: AccountStatus, now: float) -> str:
+    last_poll = (
+        "never" if status.last_success is None else _duration(now - status.last_success) + " ago"
+    )
+    state = {"up": "up", "pending": "pending"}.get(status.poll_state, f"DOWN ({status.last_error})")
+    if status.currency is None:
+        return _row(status.name, "-", "-", "-", "-", state, last_poll)
+    rate = status.burn_per_second
+    per_day = "unknown" if rate is None else f"{rate * 86400:.2f} {status.currency}"
+    seconds = status.exhaustion_seconds
+    runs_out = _duration(seconds)
+    if seconds is not None and not math.isinf(seconds):
+        at = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(now + seconds))
+        runs_out = f"in {runs_out} ({at})"
+    return _row(
+        status.name,
+        f"{status.balance} {status.currency}",
+        "yes" if status.available else "NO",
+        per_day,
+        runs_out,
+        state,
+        last_poll,
+    )
 
 
 def _row(*cells: str) -> str:

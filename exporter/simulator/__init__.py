@@ -63,8 +63,8 @@ from typing import Any
 
 from aiohttp import web
 
-from exporter.pricing import CURRENCIES, PriceTable
-from exporter.usage import Usage
+from exporter.proxy.pricing import CURRENCIES, PriceTable
+from exporter.proxy.usage import Usage
 
 __all__ = [
     "AccountStats",

@@ -17,16 +17,17 @@ import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
+from exporter.clock import Clock
 from exporter.config import Config, Secret
-from exporter.metrics import OTHER_MODEL, UNKNOWN_ACCOUNT, ProxyMetrics
-from exporter.poller import BalancePoller, Clock
-from exporter.pricing import PriceTable
-from exporter.usage import StreamUsageScanner, Usage, usage_from_json_body
+from exporter.proxy.metrics import OTHER_MODEL, UNKNOWN_ACCOUNT, ProxyMetrics
+from exporter.proxy.pricing import PriceTable
+from exporter.proxy.usage import StreamUsageScanner, Usage, usage_from_json_body
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,13 @@ KEEPALIVE_TIMEOUT = 75.0
 
 
 Middleware = Callable[..., Awaitable[web.StreamResponse]]
+
+
+class CurrencySource(Protocol):
+    """Where the proxy learns an account's currency when the config does not set it: the
+    balance side, which knows what each balance reports."""
+
+    def charging_currency(self, account: str) -> str | None: ...
 
 
 class BodyTooLarge(Exception):
@@ -140,12 +148,12 @@ class Proxy:
         config: Config,
         metrics: ProxyMetrics,
         prices: PriceTable,
-        poller: BalancePoller,
+        balances: CurrencySource,
         *,
         clock: Clock = time.time,
     ) -> None:
         self.metrics = metrics
-        self.poller = poller
+        self.balances = balances
         self.clock = clock
         self._session: aiohttp.ClientSession | None = None
         self.reconfigure(config, prices)
@@ -200,11 +208,7 @@ class Proxy:
         configured = self.config.account(account)
         if configured is not None and configured.currency:
             return configured.currency
-        state = self.poller.states.get(account)
-        reply = state.last_reply if state is not None else None
-        if reply is None or not reply.balances:
-            return None
-        return next((b.currency for b in reply.balances if b.total > 0), reply.balances[0].currency)
+        return self.balances.charging_currency(account)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.method == "CONNECT" or not request.raw_path.startswith("/"):

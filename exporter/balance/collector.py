@@ -18,8 +18,9 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from exporter.forecast import BURN_RATE_WINDOWS
-from exporter.poller import BalancePoller, Clock
+from exporter.balance.forecast import BURN_RATE_WINDOWS
+from exporter.balance.poller import BalancePoller
+from exporter.clock import Clock
 
 
 class BalanceCollector(Collector):

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from exporter.usage import Usage
+from exporter.proxy.usage import Usage
 
 CURRENCIES = ("USD", "CNY")
 _CURRENCY_KEYS = {"usd": "USD", "cny": "CNY"}

@@ -10,18 +10,17 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
 
-from exporter.balance import POLL_ERROR_REASONS, BalanceReply, PollError, fetch_balance
+from exporter.balance.client import POLL_ERROR_REASONS, BalanceReply, PollError, fetch_balance
+from exporter.balance.forecast import BURN_RATE_WINDOWS, SpendTracker
+from exporter.clock import Clock
 from exporter.config import AccountConfig, BalanceConfig, DeepSeekConfig
-from exporter.forecast import BURN_RATE_WINDOWS, SpendTracker
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], float]
 JITTER = 0.1  # +-10 % of the interval
 
 
@@ -97,6 +96,14 @@ class BalancePoller:
     def enabled(self) -> bool:
         """False on proxy-only replicas (``poll_interval: 0``)."""
         return bool(self.balance.poll_interval)
+
+    def charging_currency(self, account: str) -> str | None:
+        """The currency a request is charged in: the first with money left, as last polled."""
+        state = self.states.get(account)
+        reply = state.last_reply if state is not None else None
+        if reply is None or not reply.balances:
+            return None
+        return next((b.currency for b in reply.balances if b.total > 0), reply.balances[0].currency)
 
     @property
     def ready(self) -> bool:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
+from exporter.balance.poller import BalancePoller
 from exporter.config import Config
-from exporter.poller import BalancePoller
 
 EXIT_OK, EXIT_LOW, EXIT_ERROR = 0, 1, 2
 COLUMNS = ("ACCOUNT", "CURRENCY", "TOTAL", "GRANTED", "TOPPED_UP", "AVAILABLE", "STATUS")

@@ -1,0 +1,15 @@
+"""The clock every time-dependent part takes as an argument.
+
+Nothing reads the wall clock behind the caller's back: tests, the backtest and the demo pass
+their own clock and move time instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+Clock = Callable[[], float]
+"""Unix time in seconds, like :func:`time.time`."""
+
+system_clock: Clock = time.time
