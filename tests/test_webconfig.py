@@ -21,7 +21,7 @@ import httpx
 import pytest
 from aiohttp import web
 
-from exporter.web import webconfig
+from exporter.web import auth as web_auth
 from exporter.web.webconfig import BasicAuth, Secret, WebConfigError, WebSettings, load_web_config
 from tests.conftest import BackgroundLoop, require_binary
 
@@ -209,13 +209,13 @@ def refused(url: str, tls: ssl.SSLContext | None = None) -> bool:
 def bcrypt_calls(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     """The hash of every bcrypt comparison the server runs, in order."""
     calls: list[bytes] = []
-    real = webconfig._bcrypt_check
+    real = web_auth._bcrypt_check
 
     def counting(password: bytes, hashed: bytes) -> bool:
         calls.append(hashed)
         return real(password, hashed)
 
-    monkeypatch.setattr(webconfig, "_bcrypt_check", counting)
+    monkeypatch.setattr(web_auth, "_bcrypt_check", counting)
     return calls
 
 
@@ -555,15 +555,15 @@ def test_cache_is_bounded_lru(bcrypt_calls: list[bytes]) -> None:
 def test_htpasswd_and_go_hashes_verify() -> None:
     # The exporter-toolkit's own $2y$ hash of "fakepassword" (web/handler.go), made by Go.
     go_hash = "$2y$10$QOauhQNbBCuQDKes6eFzPeMqBSjb7Mr5DUmpZ/VcEd00UAV/LDeSi"
-    assert webconfig._bcrypt_check(b"fakepassword", webconfig._normalise_hash(go_hash))
-    assert not webconfig._bcrypt_check(b"fakepassword!", webconfig._normalise_hash(go_hash))
+    assert web_auth._bcrypt_check(b"fakepassword", web_auth._normalise_hash(go_hash))
+    assert not web_auth._bcrypt_check(b"fakepassword!", web_auth._normalise_hash(go_hash))
 
 
 def test_passwords_longer_than_72_bytes_use_the_first_72() -> None:
     # bcrypt only reads 72 bytes; the Python package raises instead of truncating like Go.
-    hashed = webconfig._normalise_hash(bcrypt_hash("x" * 72))
-    assert webconfig._bcrypt_check(b"x" * 100, hashed)
-    assert not webconfig._bcrypt_check(b"y" * 100, hashed)
+    hashed = web_auth._normalise_hash(bcrypt_hash("x" * 72))
+    assert web_auth._bcrypt_check(b"x" * 100, hashed)
+    assert not web_auth._bcrypt_check(b"y" * 100, hashed)
 
 
 # --- The documented examples ------------------------------------------------------------------

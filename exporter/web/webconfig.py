@@ -48,26 +48,30 @@ What is honoured, and where Python's ``ssl`` module (OpenSSL) differs from Go's 
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import binascii
-import hashlib
 import logging
 import re
 import ssl
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NoReturn
 
-import bcrypt
 import yaml
-from aiohttp import hdrs, web
-from aiohttp.typedefs import Handler, Middleware
+from aiohttp.typedefs import Middleware
 
 from exporter.config import Secret  # the project-wide "prints as <secret>" wrapper
+from exporter.web.auth import BasicAuth, bcrypt_parses, web_middleware
+from exporter.web.tls import (
+    CIPHER_SUITES,
+    CLIENT_AUTH_TYPES,
+    CURVES,
+    TLS_VERSIONS,
+    VERIFYING_AUTH_TYPES,
+    TLSFileError,
+    TLSSettings,
+    build_ssl_context,
+)
 
 __all__ = ["BasicAuth", "Secret", "TLSSettings", "WebConfigError", "WebSettings", "load_web_config"]
 
@@ -78,63 +82,7 @@ class WebConfigError(Exception):
     """A web config file that cannot be used; the message is one line naming file and field."""
 
 
-# --- The vocabulary of the format --------------------------------------------------------
-
-CLIENT_AUTH_TYPES = (
-    "NoClientCert",
-    "RequestClientCert",
-    "RequireAnyClientCert",
-    "VerifyClientCertIfGiven",
-    "RequireAndVerifyClientCert",
-)
-_VERIFYING_AUTH_TYPES = {
-    "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
-    "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
-}
-
-TLS_VERSIONS = ("TLS10", "TLS11", "TLS12", "TLS13")
-# TLS 1.0/1.1 map to 1.2: see the module docstring (OpenSSL 3 refuses them anyway, and the
-# ssl.TLSVersion members for them are deprecated).
-_TLS_VERSION_FLOOR = {
-    "TLS10": ssl.TLSVersion.TLSv1_2,
-    "TLS11": ssl.TLSVersion.TLSv1_2,
-    "TLS12": ssl.TLSVersion.TLSv1_2,
-    "TLS13": ssl.TLSVersion.TLSv1_3,
-}
-
-# Go's tls.CipherSuites() names (what the toolkit accepts) -> OpenSSL names. None marks the
-# TLS 1.3 suites, which neither Go nor Python's ssl lets a server configure.
-CIPHER_SUITES: Mapping[str, str | None] = MappingProxyType(
-    {
-        "TLS_RSA_WITH_AES_128_CBC_SHA": "AES128-SHA",
-        "TLS_RSA_WITH_AES_256_CBC_SHA": "AES256-SHA",
-        "TLS_RSA_WITH_AES_128_GCM_SHA256": "AES128-GCM-SHA256",
-        "TLS_RSA_WITH_AES_256_GCM_SHA384": "AES256-GCM-SHA384",
-        "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA": "ECDHE-ECDSA-AES128-SHA",
-        "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA": "ECDHE-ECDSA-AES256-SHA",
-        "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA": "ECDHE-RSA-AES128-SHA",
-        "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA": "ECDHE-RSA-AES256-SHA",
-        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256": "ECDHE-ECDSA-AES128-GCM-SHA256",
-        "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384": "ECDHE-ECDSA-AES256-GCM-SHA384",
-        "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256": "ECDHE-RSA-AES128-GCM-SHA256",
-        "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384": "ECDHE-RSA-AES256-GCM-SHA384",
-        "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-RSA-CHACHA20-POLY1305",
-        "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-ECDSA-CHACHA20-POLY1305",
-        "TLS_AES_128_GCM_SHA256": None,
-        "TLS_AES_256_GCM_SHA384": None,
-        "TLS_CHACHA20_POLY1305_SHA256": None,
-    }
-)
-
-# Go curve names -> OpenSSL group names.
-CURVES: Mapping[str, str] = MappingProxyType(
-    {
-        "CurveP256": "prime256v1",
-        "CurveP384": "secp384r1",
-        "CurveP521": "secp521r1",
-        "X25519": "X25519",
-    }
-)
+# --- The vocabulary of the format (TLS names: exporter.web.tls) ---------------------------
 
 # The only headers the toolkit lets a file set, with the values it allows (None: any).
 HEADERS: Mapping[str, tuple[str, ...] | None] = MappingProxyType(
@@ -174,26 +122,9 @@ _UNSUPPORTED_KEYS = {
 
 # bcrypt's modular crypt format: $2<minor>$<cost>$<22 chars salt><31 chars digest>.
 _BCRYPT_RE = re.compile(r"\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}")
-# bcrypt only ever uses the first 72 bytes of a password (Go and htpasswd silently
-# truncate; the Python package raises instead), so the same truncation is done here.
-_BCRYPT_MAX_PASSWORD = 72
-AUTH_CACHE_SIZE = 1024
 
 
 # --- Settings -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TLSSettings:
-    cert_file: Path
-    key_file: Path
-    client_auth_type: str = "NoClientCert"
-    client_ca_file: Path | None = None
-    min_version: str = "TLS12"
-    max_version: str = "TLS13"
-    cipher_suites: tuple[str, ...] = ()
-    prefer_server_cipher_suites: bool = True
-    curve_preferences: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -210,232 +141,14 @@ class WebSettings:
         """A server SSLContext from the files as they are now; None without tls_server_config."""
         if self.tls is None:
             return None
-        return _build_ssl_context(str(self.path), self.tls)
+        try:
+            return build_ssl_context(self.tls)
+        except TLSFileError as err:
+            raise WebConfigError(f"{self.path}: tls_server_config.{err.key}: {err}") from None
 
     def auth_middleware(self, for_proxy: bool = False) -> Middleware:
-        """Basic auth (when users are configured) and the configured headers, as one middleware.
-
-        Each call builds its own cache of successful checks, so a reloaded file starts clean.
-        ``for_proxy``: on the metering proxy ``Authorization`` carries the DeepSeek key, so the
-        credentials travel in ``Proxy-Authorization`` and a refusal is a 407.
-        """
-        credentials = hdrs.PROXY_AUTHORIZATION if for_proxy else hdrs.AUTHORIZATION
-        status, challenge = (
-            (407, hdrs.PROXY_AUTHENTICATE) if for_proxy else (401, hdrs.WWW_AUTHENTICATE)
-        )
-        headers = dict(self.headers)
-        auth = BasicAuth(self.basic_auth_users) if self.basic_auth_users else None
-
-        if auth is None and not headers:
-
-            @web.middleware
-            async def passthrough(request: web.Request, handler: Handler) -> web.StreamResponse:
-                return await handler(request)
-
-            return passthrough
-
-        @web.middleware
-        async def web_config(request: web.Request, handler: Handler) -> web.StreamResponse:
-            if auth is not None and not await auth.check_header(request.headers.get(credentials)):
-                response: web.StreamResponse = web.Response(
-                    status=status,
-                    text="Unauthorized\n",
-                    headers={challenge: 'Basic realm="deepseek-exporter"'},
-                )
-            else:
-                try:
-                    response = await handler(request)
-                except web.HTTPException as exc:
-                    # 404/405 from the router and handlers' HTTP errors arrive as exceptions.
-                    _add_headers(exc.headers, headers)
-                    raise
-            if not response.prepared:
-                _add_headers(response.headers, headers)
-            return response
-
-        return web_config
-
-
-def _add_headers(target: Any, headers: Mapping[str, str]) -> None:
-    # The handler's own value wins, as in the Go toolkit (which sets them before the handler).
-    for name, value in headers.items():
-        target.setdefault(name, value)
-
-
-# --- Basic auth ----------------------------------------------------------------------------
-
-
-def _bcrypt_check(password: bytes, hashed: bytes) -> bool:
-    """One bcrypt comparison (constant time inside bcrypt). Tests count calls to this."""
-    return bcrypt.checkpw(password[:_BCRYPT_MAX_PASSWORD], hashed)
-
-
-def _normalise_hash(hashed: str) -> bytes:
-    # $2y$ (htpasswd, PHP) is the same algorithm as $2b$. The installed bcrypt reads both,
-    # but that is not promised for every release the dependency range allows, so rewrite it.
-    if hashed.startswith("$2y$"):
-        hashed = "$2b$" + hashed[4:]
-    return hashed.encode("ascii")
-
-
-def _dummy_hash(cost: int) -> bytes:
-    """A valid hash of a random password at `cost`, cheap to make (computed at cost 4)."""
-    cheap = bcrypt.hashpw(base64.b64encode(bcrypt.gensalt()), bcrypt.gensalt(4))
-    return cheap[:4] + b"%02d" % cost + cheap[6:]
-
-
-class BasicAuth:
-    """Checks ``Authorization: Basic`` headers against bcrypt hashes, caching successes."""
-
-    def __init__(self, users: Mapping[str, Secret], cache_size: int = AUTH_CACHE_SIZE) -> None:
-        self._users = {user: _normalise_hash(h.reveal()) for user, h in users.items()}
-        # Unknown users are checked against a hash as slow as the slowest real one, so
-        # response time does not reveal which user names exist.
-        self._dummy = _dummy_hash(max(int(h[4:6]) for h in self._users.values()))
-        self._cache: OrderedDict[bytes, None] = OrderedDict()
-        self._cache_size = cache_size
-        # One bcrypt at a time, as the Go toolkit does: a burst of bad logins then costs one
-        # core, not the whole thread pool. Cached successes never wait for it.
-        self._lock = asyncio.Lock()
-
-    def __repr__(self) -> str:
-        return f"BasicAuth(users={sorted(self._users)}, cached={len(self._cache)})"
-
-    async def check_header(self, header: str | None) -> bool:
-        credentials = _parse_basic(header)
-        if credentials is None:
-            return False
-        return await self.check(*credentials)
-
-    async def check(self, user: str, password: bytes) -> bool:
-        known = user in self._users
-        hashed = self._users[user] if known else self._dummy
-        key = _cache_key(user, password, hashed)
-        if known and key in self._cache:
-            self._cache.move_to_end(key)
-            return True
-        async with self._lock:
-            try:
-                ok = await asyncio.to_thread(_bcrypt_check, password, hashed)
-            except ValueError:
-                # Hashes are validated at load time; this is a bug, not a bad login.
-                log.exception("basic auth: bcrypt refused the hash of user %r", user)
-                ok = False
-        if not (ok and known):
-            return False  # failures are never cached: the next attempt pays bcrypt again
-        self._cache[key] = None
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
-        return True
-
-
-def _cache_key(user: str, password: bytes, hashed: bytes) -> bytes:
-    # Length-prefixed so no two (user, password, hash) triples share a key; hashed so the
-    # cache never holds a password.
-    digest = hashlib.sha256()
-    for part in (user.encode(), password, hashed):
-        digest.update(len(part).to_bytes(8, "big"))
-        digest.update(part)
-    return digest.digest()
-
-
-def _parse_basic(header: str | None) -> tuple[str, bytes] | None:
-    if not header:
-        return None
-    scheme, _, encoded = header.strip().partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        decoded = base64.b64decode(encoded.strip(), validate=True)
-        user, sep, password = decoded.partition(b":")
-        if not sep:
-            return None
-        return user.decode("utf-8"), password
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-
-
-# --- TLS -----------------------------------------------------------------------------------
-
-
-class _EncryptedKey(Exception):
-    pass
-
-
-def _refuse_passphrase() -> bytes:
-    # Without a callback OpenSSL would prompt on the terminal and hang a service start.
-    raise _EncryptedKey
-
-
-def _ssl_reason(err: ssl.SSLError) -> str:
-    return err.reason or re.sub(r"\s*\(_ssl\.c:\d+\)$", "", str(err.args[-1]))
-
-
-def _read(where: str, key: str, path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as err:
-        raise WebConfigError(
-            f"{where}: tls_server_config.{key}: cannot read '{path}': {err.strerror}"
-        ) from None
-
-
-def _build_ssl_context(where: str, tls: TLSSettings) -> ssl.SSLContext:
-    cert_pem = _read(where, "cert_file", tls.cert_file)
-    _read(where, "key_file", tls.key_file)
-    try:
-        # Parsing it as a CA bundle tells "not a certificate" apart from "bad key", which
-        # load_cert_chain reports alike as "PEM lib".
-        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(
-            cadata=cert_pem.decode("ascii", "replace")
-        )
-    except ssl.SSLError:
-        raise WebConfigError(
-            f"{where}: tls_server_config.cert_file: no PEM certificate in '{tls.cert_file}'"
-        ) from None
-
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = _TLS_VERSION_FLOOR[tls.min_version]
-    ctx.maximum_version = _TLS_VERSION_FLOOR[tls.max_version]
-    tls12 = [n for n in (CIPHER_SUITES[name] for name in tls.cipher_suites) if n]
-    if tls12:
-        ctx.set_ciphers(":".join(dict.fromkeys(tls12)))
-    if tls.prefer_server_cipher_suites:
-        ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
-    else:
-        ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
-    if tls.curve_preferences:
-        ctx.set_ecdh_curve(CURVES[tls.curve_preferences[0]])
-
-    try:
-        ctx.load_cert_chain(tls.cert_file, tls.key_file, password=_refuse_passphrase)
-    except _EncryptedKey:
-        raise WebConfigError(
-            f"{where}: tls_server_config.key_file: '{tls.key_file}' is passphrase-protected;"
-            " store it decrypted (openssl pkey -in KEY -out KEY.plain) with tight permissions"
-        ) from None
-    except ssl.SSLError as err:
-        if err.reason == "KEY_VALUES_MISMATCH":
-            msg = f"'{tls.key_file}' does not match the certificate in '{tls.cert_file}'"
-        else:
-            reason = _ssl_reason(err)
-            # "PEM lib" is all OpenSSL says for "this is not a key"; it adds nothing.
-            detail = "" if "PEM lib" in reason else f" ({reason})"
-            msg = f"no usable PEM private key in '{tls.key_file}'{detail}"
-        raise WebConfigError(f"{where}: tls_server_config.key_file: {msg}") from None
-
-    if tls.client_ca_file is not None:
-        # Loaded (so checked) even for RequestClientCert, where it only matters to Go.
-        _read(where, "client_ca_file", tls.client_ca_file)
-        try:
-            ctx.load_verify_locations(cafile=tls.client_ca_file)
-        except ssl.SSLError:
-            raise WebConfigError(
-                f"{where}: tls_server_config.client_ca_file: "
-                f"no PEM certificate in '{tls.client_ca_file}'"
-            ) from None
-    ctx.verify_mode = _VERIFYING_AUTH_TYPES.get(tls.client_auth_type, ssl.CERT_NONE)
-    return ctx
+        """Basic auth and headers of this file as one middleware (see :func:`web_middleware`)."""
+        return web_middleware(self.basic_auth_users, self.headers, for_proxy)
 
 
 # --- Loading -------------------------------------------------------------------------------
@@ -568,7 +281,7 @@ class _Parser:
         client_ca_file = (
             None if client_ca is None else self.file(f"{where}.client_ca_file", client_ca)
         )
-        if client_ca_file is None and client_auth in _VERIFYING_AUTH_TYPES:
+        if client_ca_file is None and client_auth in VERIFYING_AUTH_TYPES:
             self.fail(f"{where}.client_ca_file", f"required when client_auth_type is {client_auth}")
         if client_ca_file is not None and client_auth == "NoClientCert":
             self.fail(
@@ -659,23 +372,13 @@ class _Parser:
             self.expect(f"{where}.{user}", hashed, str, "a bcrypt hash string")
             users[user] = Secret(hashed)
             match = _BCRYPT_RE.fullmatch(hashed)
-            if not match or not 4 <= int(match[1]) <= 31 or not _bcrypt_parses(hashed):
+            if not match or not 4 <= int(match[1]) <= 31 or not bcrypt_parses(hashed):
                 self.fail(
                     f"{where}.{user}",
                     "not a valid bcrypt hash (expected $2a$, $2b$ or $2y$ with a cost of "
                     "04-31; make one with: htpasswd -nBC 10 USER)",
                 )
         return users
-
-
-def _bcrypt_parses(hashed: str) -> bool:
-    """Whether bcrypt accepts the salt, tried at cost 4 (about a millisecond)."""
-    cheap = _normalise_hash(hashed)
-    try:
-        bcrypt.checkpw(b"", cheap[:4] + b"04" + cheap[6:])
-    except ValueError:
-        return False
-    return True
 
 
 def _yaml_error(err: yaml.YAMLError) -> str:
