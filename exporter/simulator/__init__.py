@@ -12,13 +12,13 @@ What it serves (each also under ``/v1`` where the real API accepts it):
 - ``POST /beta/completions`` (FIM)
 - ``POST /anthropic/v1/messages`` (Anthropic shape and events; key in ``x-api-key``)
 
-Token counts are deterministic: prompt tokens are ``ceil(characters / 4)`` of the message texts
-(at least 1); a repeated prompt prefix of the same account and model is a cache hit; the reply has
+Token counts are deterministic: prompt tokens are ``ceil(characters / 4)`` of the message texts (at
+least 1); a repeated prompt prefix of the same account and model is a cache hit; the reply has
 ``completion_tokens`` tokens (capped by ``max_tokens``) plus ``reasoning_tokens`` for thinking
-requests. Each successful completion is priced with :class:`~exporter.pricing.PriceTable` at the
-simulator's clock and deducted from the account's first currency, granted balance first, never
-below zero. A completion that reached inference is charged in full even if a fault later resets
-the connection or withholds usage, like a real upstream that bills what it generated: tests of a
+requests. Each successful completion is priced with :class:`~exporter.proxy.pricing.PriceTable` at
+the simulator's clock and deducted from the account's first currency, granted balance first, never
+below zero. A completion that reached inference is charged in full even if a fault later resets the
+connection or withholds usage, like a real upstream that bills what it generated: tests of a
 metering proxy can then compare what the proxy counted with :meth:`Simulator.stats`.
 
 Test-only control: the Python methods of :class:`Simulator` and these unauthenticated HTTP
@@ -43,10 +43,8 @@ Not modelled: closing requests that wait over 10 minutes, rate limits other than
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
-import http
 import json
 import math
 import signal
@@ -55,16 +53,36 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from enum import StrEnum
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from aiohttp import web
 
 from exporter.proxy.pricing import CURRENCIES, PriceTable
 from exporter.proxy.usage import Usage
+from exporter.simulator.errors import (
+    ERRORS,
+    Reject,
+    error_response,
+    invalid,
+    mask_key,
+    presented_key,
+)
+from exporter.simulator.records import (
+    COMPLETION_ENDPOINTS,
+    ENDPOINTS,
+    FAULT,
+    RECORD,
+    AccountStats,
+    Fault,
+    FaultKind,
+    RequestRecord,
+    SimAccount,
+    canonical_path,
+    to_decimal,
+)
 
 __all__ = [
     "AccountStats",
@@ -82,8 +100,6 @@ __all__ = [
 _CENT = Decimal("0.01")
 _JSON = "application/json"
 _SSE = "text/event-stream; charset=utf-8"
-# Completions are the requests that are charged and counted per account in AccountStats.
-_COMPLETION_ENDPOINTS = frozenset({"chat", "fim", "anthropic"})
 # Deterministic filler text: one word is one token, so chunk sizes are easy to reason about.
 _CONTENT_WORDS = ("The", "simulated", "model", "answers", "with", "deterministic", "filler", "text")
 _REASONING_WORDS = ("Let", "me", "think", "about", "the", "question", "step", "by", "step")
@@ -102,81 +118,8 @@ _HTML_502 = b"""<html>
 </html>
 """
 
-# Default error message and type per status, as the sheet lists them. 402's type is
-# "unknown_error" as in a real reply: clients must classify by status, never by type.
-_ERRORS: dict[int, tuple[str, str]] = {
-    400: ("Invalid Request", "invalid_request_error"),
-    401: ("Authentication Fails, Your api key: **** is invalid", "authentication_error"),
-    402: ("Insufficient Balance", "unknown_error"),
-    422: ("Invalid Parameters", "invalid_request_error"),
-    429: ("Rate Limit Reached", "rate_limit_error"),
-    500: ("Server Error", "server_error"),
-    503: ("Server Overloaded", "server_error"),
-}
-
-
 # --------------------------------------------------------------------------------------------
 # Data types
-
-
-def _dec(value: Any) -> Decimal:
-    """Decimal from a Decimal, int or string; floats go through str() so 0.1 stays 0.1."""
-    if isinstance(value, Decimal):
-        return value
-    if isinstance(value, bool):
-        raise ValueError("amount must be a number, not a boolean")
-    try:
-        result = Decimal(str(value))
-    except InvalidOperation as exc:
-        raise ValueError(f"invalid amount {value!r}") from exc
-    if not result.is_finite():
-        raise ValueError(f"invalid amount {value!r}")
-    return result
-
-
-@dataclass
-class SimAccount:
-    """A simulated account. ``balances`` maps currency to ``(granted, topped_up)``; its first
-    currency is the one completions are charged in."""
-
-    name: str
-    api_key: str
-    balances: dict[str, tuple[Decimal, Decimal]] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.balances = {
-            cur.upper(): (_dec(granted), _dec(topped_up))
-            for cur, (granted, topped_up) in self.balances.items()
-        }
-
-    @property
-    def currency(self) -> str | None:
-        """The charging currency (the first one listed), None if the account has none."""
-        return next(iter(self.balances), None)
-
-    def total(self, currency: str) -> Decimal:
-        granted, topped_up = self.balances.get(currency.upper(), (Decimal(0), Decimal(0)))
-        return granted + topped_up
-
-    @property
-    def is_available(self) -> bool:
-        return any(g + t > 0 for g, t in self.balances.values())
-
-    def copy(self) -> SimAccount:
-        return SimAccount(self.name, self.api_key, dict(self.balances))
-
-
-class FaultKind(StrEnum):
-    STATUS = "status"  # `status` with a DeepSeek error body (`message`, `error_type` optional)
-    DELAY = "delay"  # wait `seconds` before sending headers, then answer normally
-    HTML = "html"  # an nginx-style HTML error page, 502 unless `status` says otherwise
-    NON_JSON = "non_json"  # 200, Content-Type application/json, body that is not JSON
-    BODY = "body"  # exactly `body` (bytes, str or a JSON value), `status` (200), `content_type`
-    DROP = "drop"  # close the connection before sending any byte
-    RESET = "reset"  # abort the connection mid-body (half sent) or after `after_chunks` events
-    STALL = "stall"  # pause `seconds` mid-body or after `after_chunks` events, then go on
-    NO_USAGE = "no_usage"  # a 200 reply (or stream) without any usage
-    HUGE = "huge"  # a valid reply padded to `size` bytes (first event when streaming)
 
 
 # Faults that replace the whole reply, before authentication: they model a broken upstream or a
@@ -184,104 +127,6 @@ class FaultKind(StrEnum):
 _REPLACING = frozenset(
     {FaultKind.STATUS, FaultKind.HTML, FaultKind.NON_JSON, FaultKind.BODY, FaultKind.DROP}
 )
-
-
-@dataclass
-class Fault:
-    """A fault for the next ``times`` requests (None: until cleared) to ``path`` (None: any API
-    path; ``/v1/chat/completions`` also matches ``/chat/completions``)."""
-
-    kind: FaultKind
-    path: str | None = None
-    times: int | None = 1
-    status: int | None = None
-    message: str | None = None
-    error_type: str | None = None
-    seconds: float = 0.0
-    after_chunks: int = 1
-    size: int = 0
-    body: Any = None
-    content_type: str | None = None
-
-    def __post_init__(self) -> None:
-        self.kind = FaultKind(self.kind)
-        if self.times is not None and self.times < 1:
-            raise ValueError("times must be >= 1 or None")
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Fault:
-        """Build from the JSON of ``POST /_simulator/faults``; a raw body is given as
-        ``body_text`` (str), ``body_base64`` (bytes) or ``body`` (any JSON value)."""
-        data = dict(data)
-        if "body_text" in data:
-            data["body"] = str(data.pop("body_text")).encode()
-        elif "body_base64" in data:
-            data["body"] = base64.b64decode(data.pop("body_base64"))
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown fault fields: {', '.join(sorted(unknown))}")
-        return cls(**data)
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["kind"] = str(self.kind)
-        if isinstance(self.body, bytes):
-            data["body"] = None
-            data["body_base64"] = base64.b64encode(self.body).decode()
-        return data
-
-    def matches(self, path: str) -> bool:
-        return self.path is None or self.path in (path, _canonical_path(path))
-
-
-@dataclass
-class RequestRecord:
-    """One request to an API path, as the simulator saw it."""
-
-    seq: int
-    time: float  # simulator clock, unix seconds
-    method: str
-    path: str
-    endpoint: str  # chat | fim | anthropic | balance | models
-    account: str | None = None  # None: not authenticated
-    model: str | None = None
-    stream: bool = False
-    # None while in flight; 0 if a fault dropped the connection before any response; 499 if
-    # the client went away before the reply was complete (a charged stream included). A RESET
-    # fault keeps the 200 it sent: see `fault`.
-    status: int | None = None
-    fault: str | None = None
-    usage: Usage | None = None  # charged usage (whether or not the reply showed it)
-    cost: Decimal | None = None  # priced cost; the deduction may be less (clamped at zero)
-    currency: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["usage"] = asdict(self.usage) if self.usage else None
-        data["cost"] = str(self.cost) if self.cost is not None else None
-        return data
-
-
-@dataclass
-class AccountStats:
-    """What one account did, for comparison with what a proxy counted."""
-
-    completions: dict[int, int] = field(default_factory=dict)  # status code -> count
-    other_requests: dict[int, int] = field(default_factory=dict)  # balance, models
-    usage: Usage = field(default_factory=Usage)  # sum of charged usage
-    cost: Decimal = Decimal(0)  # sum of priced cost
-
-    @property
-    def completions_ok(self) -> int:
-        return self.completions.get(200, 0)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "completions": {str(k): v for k, v in sorted(self.completions.items())},
-            "other_requests": {str(k): v for k, v in sorted(self.other_requests.items())},
-            "usage": asdict(self.usage),
-            "cost": str(self.cost),
-        }
 
 
 @dataclass
@@ -300,34 +145,6 @@ class _Generation:
 
 # --------------------------------------------------------------------------------------------
 # Small helpers
-
-
-def _canonical_path(path: str) -> str:
-    return path[3:] if path.startswith("/v1/") else path
-
-
-def _mask_key(key: str) -> str:
-    # Only the last 4 characters, and none of a short key: echoing most of it would leak it.
-    return "****" + key[-4:] if len(key) >= 8 else "****"
-
-
-def _error(status: int, message: str | None = None, error_type: str | None = None) -> web.Response:
-    if status in _ERRORS:
-        default_message, default_type = _ERRORS[status]
-    else:
-        try:
-            default_message, default_type = http.HTTPStatus(status).phrase, "api_error"
-        except ValueError:
-            default_message, default_type = "Error", "api_error"
-    body = {
-        "error": {
-            "message": message if message is not None else default_message,
-            "type": error_type if error_type is not None else default_type,
-            "param": None,
-            "code": "invalid_request_error",
-        }
-    }
-    return web.json_response(body, status=status)
 
 
 def _dumps(obj: Any) -> bytes:
@@ -399,26 +216,8 @@ def _anthropic_usage(usage: Usage) -> dict[str, Any]:
     }
 
 
-class _Reject(Exception):
-    """Aborts request handling with an error response (keeps the validation code flat)."""
-
-    def __init__(self, response: web.Response) -> None:
-        super().__init__(response.status)
-        self.response = response
-
-
-def _invalid(detail: str) -> _Reject:
-    return _Reject(
-        _error(422, f"Failed to deserialize the JSON body into the target type: {detail}")
-    )
-
-
 # --------------------------------------------------------------------------------------------
 # The simulator
-
-_RECORD = web.RequestKey("sim_record", RequestRecord)
-_FAULT = web.RequestKey("sim_fault", Fault | None)
-
 
 _STREAM_USAGE_STYLES = ("deepseek", "requested", "openai")
 # Settings that PATCH /_simulator/config may change, with their types.
@@ -537,7 +336,7 @@ class Simulator:
 
     def top_up(self, account_name: str, currency: str, amount: Decimal | int | str) -> None:
         """Add ``amount`` to the topped-up balance (a new currency is appended)."""
-        amount = _dec(amount)
+        amount = to_decimal(amount)
         with self._lock:
             balances = self._accounts[account_name].balances
             granted, topped_up = balances.get(currency.upper(), (Decimal(0), Decimal(0)))
@@ -552,8 +351,8 @@ class Simulator:
     ) -> None:
         with self._lock:
             self._accounts[account_name].balances[currency.upper()] = (
-                _dec(granted),
-                _dec(topped_up),
+                to_decimal(granted),
+                to_decimal(topped_up),
             )
 
     def add_fault(self, fault: Fault | FaultKind | str, **params: Any) -> Fault:
@@ -675,7 +474,7 @@ class Simulator:
                 time=self.clock(),
                 method=request.method,
                 path=request.path,
-                endpoint=_ENDPOINTS[_canonical_path(request.path)],
+                endpoint=ENDPOINTS[canonical_path(request.path)],
             )
             self._log.append(record)
             fault = next((f for f in self._faults if f.matches(request.path)), None)
@@ -685,8 +484,8 @@ class Simulator:
                     if fault.times == 0:
                         self._faults.remove(fault)
                 record.fault = str(fault.kind)
-        request[_RECORD] = record
-        request[_FAULT] = fault
+        request[RECORD] = record
+        request[FAULT] = fault
         status: int | None = None
         try:
             if fault is not None and fault.kind == FaultKind.DELAY:
@@ -694,13 +493,13 @@ class Simulator:
             if fault is not None and fault.kind in _REPLACING:
                 # Counted for the key's account, if any, so stats match what a proxy saw.
                 record.account = self._account_for(
-                    self._presented_key(request, record.endpoint == "anthropic")
+                    presented_key(request, record.endpoint == "anthropic")
                 )
                 response = self._replacing_fault(request, fault)
             else:
                 try:
                     response = await handler(request)
-                except _Reject as reject:
+                except Reject as reject:
                     response = reject.response
                 except ConnectionResetError:
                     # The client went away mid-reply: nothing left to send, and not worth the
@@ -721,9 +520,9 @@ class Simulator:
             status = fault.status or 500
             message = fault.message
             if status == 401 and message is None:
-                key = self._presented_key(request, request[_RECORD].endpoint == "anthropic")
-                message = _ERRORS[401][0].replace("****", _mask_key(key))
-            return _error(status, message, fault.error_type)
+                key = presented_key(request, request[RECORD].endpoint == "anthropic")
+                message = ERRORS[401][0].replace("****", mask_key(key))
+            return error_response(status, message, fault.error_type)
         if fault.kind == FaultKind.HTML:
             return web.Response(
                 body=_HTML_502, status=fault.status or 502, content_type="text/html"
@@ -735,7 +534,7 @@ class Simulator:
             return self._raw(fault.body, fault.status or 200, fault.content_type or _JSON)
         # DROP: not a byte; aiohttp quietly gives up writing the response we return. Status 0
         # in the log means "no response".
-        self._finish(request[_RECORD], 0)
+        self._finish(request[RECORD], 0)
         if request.transport is not None:
             request.transport.abort()
         return web.Response()
@@ -765,7 +564,7 @@ class Simulator:
             stats = self._stats.setdefault(record.account, AccountStats())
             counter = (
                 stats.completions
-                if record.endpoint in _COMPLETION_ENDPOINTS
+                if record.endpoint in COMPLETION_ENDPOINTS
                 else stats.other_requests
             )
             counter[status] = counter.get(status, 0) + 1
@@ -785,26 +584,21 @@ class Simulator:
             if record.cost is not None:
                 stats.cost += record.cost
 
-    @staticmethod
-    def _presented_key(request: web.Request, anthropic: bool = False) -> str:
-        if anthropic and request.headers.get("x-api-key"):
-            return request.headers["x-api-key"].strip()
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        return token.strip() if scheme.lower() == "bearer" else ""
-
     def _account_for(self, key: str) -> str | None:
         with self._lock:
             return next((a.name for a in self._accounts.values() if key and a.api_key == key), None)
 
     def _authenticate(self, request: web.Request, anthropic: bool = False) -> str:
         """The account name for the request's key, or a 401 that shows at most 4 of its chars."""
-        key = self._presented_key(request, anthropic)
+        key = presented_key(request, anthropic)
         name = self._account_for(key)
         if name is None:
-            raise _Reject(
-                _error(401, f"Authentication Fails, Your api key: {_mask_key(key)} is invalid")
+            raise Reject(
+                error_response(
+                    401, f"Authentication Fails, Your api key: {mask_key(key)} is invalid"
+                )
             )
-        request[_RECORD].account = name
+        request[RECORD].account = name
         return name
 
     @staticmethod
@@ -814,32 +608,34 @@ class Simulator:
             body = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             # 400 since 2025 (it was 422 in 2024), see the sheet.
-            raise _Reject(_error(400, f"Failed to parse the request body as JSON: {exc}")) from None
+            raise Reject(
+                error_response(400, f"Failed to parse the request body as JSON: {exc}")
+            ) from None
         if not isinstance(body, dict):
-            raise _invalid("expected a JSON object")
+            raise invalid("expected a JSON object")
         return body
 
     def _check_model(self, body: dict[str, Any], record: RequestRecord) -> str:
         """The canonical (billing) name of the requested model, or 400 Model Not Exist."""
         model = body.get("model")
         if not isinstance(model, str):
-            raise _invalid("missing field `model`")
+            raise invalid("missing field `model`")
         record.model = model
         canonical = self.prices.canonical_model(model)
         if canonical is None or not self._serves(model, canonical):
-            raise _Reject(_error(400, "Model Not Exist", "invalid_request_error"))
+            raise Reject(error_response(400, "Model Not Exist", "invalid_request_error"))
         return canonical
 
     @staticmethod
     def _check_common(body: dict[str, Any], record: RequestRecord) -> tuple[bool, int | None]:
         stream = body.get("stream")
         if stream is not None and not isinstance(stream, bool):
-            raise _invalid("stream: invalid type, expected a boolean")
+            raise invalid("stream: invalid type, expected a boolean")
         max_tokens = body.get("max_tokens")
         if max_tokens is not None and (
             not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1
         ):
-            raise _invalid("max_tokens: expected a positive integer")
+            raise invalid("max_tokens: expected a positive integer")
         record.stream = bool(stream)
         return bool(stream), max_tokens
 
@@ -847,11 +643,11 @@ class Simulator:
     def _check_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
         messages = body.get("messages")
         if messages is None:
-            raise _invalid("missing field `messages`")
+            raise invalid("missing field `messages`")
         if not isinstance(messages, list) or not messages:
-            raise _invalid("messages: expected a non-empty list")
+            raise invalid("messages: expected a non-empty list")
         if not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages):
-            raise _invalid("messages: each message needs a string `role`")
+            raise invalid("messages: each message needs a string `role`")
         return messages
 
     @contextlib.contextmanager
@@ -862,10 +658,10 @@ class Simulator:
             account = self._accounts.get(name)
             currency = account.currency if account else None
             if account is None or currency is None or account.total(currency) <= 0:
-                raise _Reject(_error(402))
+                raise Reject(error_response(402))
             inflight = self._inflight.get(name, 0)
             if self.max_concurrency is not None and inflight >= self.max_concurrency:
-                raise _Reject(_error(429))
+                raise Reject(error_response(429))
             self._inflight[name] = inflight + 1
         try:
             yield
@@ -986,7 +782,7 @@ class Simulator:
         response: web.StreamResponse | None = None,
     ) -> web.StreamResponse:
         """A JSON reply, through the RESET / STALL / HUGE faults of this request."""
-        fault: Fault | None = request[_FAULT]
+        fault: Fault | None = request[FAULT]
         if fault is not None and fault.kind == FaultKind.HUGE:
             obj = _pad(obj, fault.size)
         body = _dumps(obj)
@@ -1016,7 +812,7 @@ class Simulator:
     ) -> web.StreamResponse:
         """SSE ``(event name, payload)`` items, ``chunk_interval`` apart, through the RESET /
         STALL / HUGE faults of this request."""
-        fault: Fault | None = request[_FAULT]
+        fault: Fault | None = request[FAULT]
         if fault is not None and fault.kind == FaultKind.HUGE and isinstance(events[0][1], dict):
             events[0] = (events[0][0], _pad(events[0][1], fault.size))
         if response is None:
@@ -1040,7 +836,7 @@ class Simulator:
         return response
 
     def _no_usage(self, request: web.Request) -> bool:
-        fault: Fault | None = request[_FAULT]
+        fault: Fault | None = request[FAULT]
         return fault is not None and fault.kind == FaultKind.NO_USAGE
 
     # ---- API endpoints -----------------------------------------------------------------------
@@ -1079,7 +875,7 @@ class Simulator:
         return await self._send_json(request, {"object": "list", "data": data})
 
     async def _handle_chat(self, request: web.Request) -> web.StreamResponse:
-        record: RequestRecord = request[_RECORD]
+        record: RequestRecord = request[RECORD]
         name = self._authenticate(request)
         body = await self._read_json(request)
         messages = self._check_messages(body)
@@ -1175,17 +971,17 @@ class Simulator:
         return events
 
     async def _handle_fim(self, request: web.Request) -> web.StreamResponse:
-        record: RequestRecord = request[_RECORD]
+        record: RequestRecord = request[RECORD]
         name = self._authenticate(request)
         body = await self._read_json(request)
         prompt = body.get("prompt")
         if not isinstance(prompt, str):
-            raise _invalid(
+            raise invalid(
                 "missing field `prompt`" if prompt is None else "prompt: expected a string"
             )
         suffix = body.get("suffix")
         if suffix is not None and not isinstance(suffix, str):
-            raise _invalid("suffix: expected a string")
+            raise invalid("suffix: expected a string")
         stream, max_tokens = self._check_common(body, record)
         canonical = self._check_model(body, record)
         options = body.get("stream_options")
@@ -1225,7 +1021,7 @@ class Simulator:
             return await self._send_events(request, events, response)
 
     async def _handle_anthropic(self, request: web.Request) -> web.StreamResponse:
-        record: RequestRecord = request[_RECORD]
+        record: RequestRecord = request[RECORD]
         name = self._authenticate(request, anthropic=True)
         body = await self._read_json(request)
         messages = self._check_messages(body)
@@ -1351,7 +1147,7 @@ class Simulator:
         accounts = [
             {
                 "name": a.name,
-                "api_key": _mask_key(a.api_key),
+                "api_key": mask_key(a.api_key),
                 "is_available": a.is_available,
                 "balances": {
                     cur: {"granted": str(g), "topped_up": str(t), "total": str(g + t)}
@@ -1372,10 +1168,13 @@ class Simulator:
             balances = {}
             for cur, value in dict(body.get("balances") or {}).items():
                 if isinstance(value, Mapping):
-                    balances[cur] = (_dec(value.get("granted", 0)), _dec(value.get("topped_up", 0)))
+                    balances[cur] = (
+                        to_decimal(value.get("granted", 0)),
+                        to_decimal(value.get("topped_up", 0)),
+                    )
                 else:
                     granted, topped_up = value
-                    balances[cur] = (_dec(granted), _dec(topped_up))
+                    balances[cur] = (to_decimal(granted), to_decimal(topped_up))
             return SimAccount(str(body["name"]), str(body["api_key"]), balances)
 
         try:
@@ -1455,16 +1254,6 @@ class Simulator:
             frozen = body["time"]
             self.set_clock(time.time if frozen is None else (lambda: float(frozen)))
         return web.json_response({key: getattr(self, key) for key in _CONFIG_FIELDS})
-
-
-# Which endpoint each API path is, for the request log (paths after _canonical_path).
-_ENDPOINTS = {
-    "/user/balance": "balance",
-    "/models": "models",
-    "/chat/completions": "chat",
-    "/beta/completions": "fim",
-    "/anthropic/v1/messages": "anthropic",
-}
 
 
 # --------------------------------------------------------------------------------------------
