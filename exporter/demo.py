@@ -1,9 +1,9 @@
 """``--demo``: the whole product with no key and no network.
 
-A simulated DeepSeek API runs in the same process on loopback; a synthetic workload sends chat
-completions through the metering proxy, so every metric moves: one account spends slowly, the
-other runs dry within a few minutes, answers 402 until it is topped up automatically a few minutes
-later, and runs dry again.
+A simulated DeepSeek API runs in the same process on loopback; a synthetic workload
+(:mod:`exporter.simulator.workload`) sends chat completions through the metering proxy, so every
+metric moves: one account spends slowly, the other runs dry within a few minutes, answers 402
+until it is topped up automatically a few minutes later, and runs dry again.
 """
 
 from __future__ import annotations
@@ -11,12 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import Mapping
 from dataclasses import replace
 from decimal import Decimal
-
-import aiohttp
 
 from exporter.app import create_app, serve, split_listen_address
 from exporter.config import (
@@ -28,24 +25,9 @@ from exporter.config import (
     Secret,
 )
 from exporter.simulator import SimAccount, Simulator
+from exporter.simulator.workload import DRAINING, STEADY, run_workload, workload_accounts
 
 log = logging.getLogger(__name__)
-
-STEADY, DRAINING = "demo-steady", "demo-draining"
-DRAINING_START = {"USD": (Decimal("0.50"), Decimal("1.00"))}
-TOP_UP_AFTER = 300.0  # seconds the draining account stays dry before the demo tops it up
-TOP_UP_AMOUNT = Decimal("1.50")
-
-
-def demo_accounts() -> list[SimAccount]:
-    # Keys are made up per run: nothing here is a real credential.
-    suffix = f"{random.getrandbits(32):08x}"
-    return [
-        SimAccount(
-            STEADY, f"sk-demo-steady-{suffix}", {"CNY": (Decimal("10.00"), Decimal("100.00"))}
-        ),
-        SimAccount(DRAINING, f"sk-demo-draining-{suffix}", dict(DRAINING_START)),
-    ]
 
 
 def demo_config(
@@ -67,60 +49,8 @@ def demo_config(
     return replace(config, deepseek=replace(config.deepseek, base_url=base_url))
 
 
-async def _client_loop(
-    session: aiohttp.ClientSession,
-    url: str,
-    key: str,
-    model: str,
-    prompt_chars: int,
-    pause: float,
-    cacheable: bool,
-) -> None:
-    """One synthetic bot; a fixed system prompt gives cache hits, a numbered one misses."""
-    system = "You are a helpful assistant for a demo. " * (prompt_chars // 40)
-    n = 0
-    while True:
-        n += 1
-        body = {
-            "model": model,
-            "messages": [
-                {"role": "system", "content": system if cacheable else f"Session {n}. {system}"},
-                {
-                    "role": "user",
-                    "content": f"Question number {n}: {'why ' * random.randint(5, 50)}",
-                },
-            ],
-            "stream": n % 3 == 0,
-        }
-        if body["stream"]:
-            body["stream_options"] = {"include_usage": True}
-        try:
-            async with session.post(
-                url, json=body, headers={"Authorization": f"Bearer {key}"}
-            ) as r:
-                await r.read()
-        except aiohttp.ClientError as err:
-            log.debug("demo request failed: %s", type(err).__name__)
-        await asyncio.sleep(pause * random.uniform(0.5, 1.5))
-
-
-async def _top_up_when_dry(simulator: Simulator) -> None:
-    dry_since: float | None = None
-    loop = asyncio.get_running_loop()
-    while True:
-        await asyncio.sleep(5)
-        if simulator.account(DRAINING).is_available:
-            dry_since = None
-            continue
-        dry_since = dry_since or loop.time()
-        if loop.time() - dry_since >= TOP_UP_AFTER:
-            simulator.top_up(DRAINING, "USD", TOP_UP_AMOUNT)
-            log.info("demo: topped up %s by %s USD", DRAINING, TOP_UP_AMOUNT)
-            dry_since = None
-
-
 async def run_demo(simulator_address: str, overrides: Mapping[str, str | None]) -> int:
-    accounts = demo_accounts()
+    accounts = workload_accounts()
     simulator = Simulator(accounts, completion_tokens=200, chunk_interval=0.02)
     host, port = split_listen_address(simulator_address)
     base_url = await simulator.start(host or "127.0.0.1", port)
@@ -132,14 +62,7 @@ async def run_demo(simulator_address: str, overrides: Mapping[str, str | None]) 
             await asyncio.sleep(0.05)
         url = f"{exporter.proxy_url}/chat/completions"
         log.info("demo: metrics on %s/metrics, proxy on %s", exporter.web_url, exporter.proxy_url)
-        async with aiohttp.ClientSession() as session:
-            await asyncio.gather(
-                _client_loop(session, url, accounts[0].api_key, "deepseek-flash", 2_000, 1.0, True),
-                _client_loop(
-                    session, url, accounts[1].api_key, "deepseek-v4-pro", 40_000, 0.5, False
-                ),
-                _top_up_when_dry(simulator),
-            )
+        await run_workload(simulator, url, accounts)
 
     background = asyncio.create_task(workload())
     try:
