@@ -13,7 +13,7 @@ import signal
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -30,6 +30,9 @@ from exporter.proxy.pricing import PriceTable, PricingError
 from exporter.proxy.server import KEEPALIVE_TIMEOUT, Proxy
 from exporter.web.pages import make_web_app
 from exporter.web.status import AccountStatus
+
+if TYPE_CHECKING:
+    from exporter.web.listener import LiveWebConfig
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +109,19 @@ class Exporter:
         )
         self._reload_ok.set(1)
         self._reload_time.set(clock())
+        self._web_config_ok = Gauge(
+            "deepseek_exporter_web_config_last_reload_successful",
+            "1 if the listener's web config file (and the certificate files it names) last "
+            "loaded; 0 while a changed file that does not load is being refused.",
+            ["listener"],
+            registry=self.registry,
+        )
+        self._web_config_time = Gauge(
+            "deepseek_exporter_web_config_last_reload_success_timestamp_seconds",
+            "Unix time the listener's web config and certificate files last loaded.",
+            ["listener"],
+            registry=self.registry,
+        )
 
         self.poller = BalancePoller(config.deepseek, config.balance, config.accounts, clock=clock)
         self.registry.register(BalanceCollector(self.poller, clock))
@@ -114,6 +130,7 @@ class Exporter:
         self.metrics.init_accounts(config.accounts, self.prices.models)
 
         self._runners: list[web.BaseRunner] = []
+        self._web_configs: dict[str, LiveWebConfig] = {}
         self._poll_task: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
         self.web_url: str | None = None
@@ -170,6 +187,7 @@ class Exporter:
                 log.error("config reload failed, keeping the running config: %s", err)
                 return str(err)
             self.config, self.prices = config, prices
+            self._reload_web_configs(config)
             self.poller.reconfigure(config.deepseek, config.balance, config.accounts)
             self.proxy.reconfigure(config, prices)
             self.metrics.init_accounts(config.accounts, prices.models)
@@ -183,21 +201,46 @@ class Exporter:
                     self._poll_task = asyncio.create_task(self.poller.run(), name="balance-poller")
             return None
 
+    def _web_config_loaded(self, listener: str, ok: bool) -> None:
+        self._web_config_ok.labels(listener).set(1 if ok else 0)
+        if ok:
+            self._web_config_time.labels(listener).set(self.clock())
+
+    def _reload_web_configs(self, config: Config) -> None:
+        """Each listener's web config again (certificates rotate without a restart)."""
+        paths = {"web": config.web.config_file, "proxy": config.proxy.web_config_file}
+        for listener, live in self._web_configs.items():
+            path = paths[listener]
+            if path is None:
+                log.warning("%s listener: web config removed: takes effect on restart", listener)
+                continue
+            live.reload(path)
+
     async def _serve(
         self,
         build: Callable[[list[Middleware]], web.Application | web.Server],
         address: str,
         web_config: Path | None,
-        for_proxy: bool = False,
+        listener: str,
     ) -> str:
-        ssl_context = None
+        live = None
         middlewares: list[Middleware] = []
         if web_config is not None:
-            from exporter.web.webconfig import load_web_config
+            # Imported here: TLS and bcrypt are not needed by exporters that do not use them.
+            from exporter.web.listener import LiveWebConfig
+            from exporter.web.webconfig import WebConfigError
 
-            settings = load_web_config(web_config)
-            ssl_context = settings.ssl_context()
-            middlewares.append(settings.auth_middleware(for_proxy=for_proxy))
+            try:
+                live = LiveWebConfig(
+                    web_config,
+                    listener=listener,
+                    for_proxy=listener == "proxy",
+                    on_load=self._web_config_loaded,
+                )
+            except WebConfigError as err:
+                raise ConfigError(str(err)) from None
+            self._web_configs[listener] = live
+            middlewares.append(live.middleware())
         target = build(middlewares)
         timeout = self.config.web.shutdown_timeout
         runner: web.BaseRunner
@@ -213,18 +256,23 @@ class Exporter:
         await runner.setup()
         self._runners.append(runner)
         host, port = split_listen_address(address)
-        site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_address=True)
+        if live is not None:
+            site = live.site(runner, host, port, reuse_address=True)
+        else:
+            site = web.TCPSite(runner, host, port, reuse_address=True)
         await site.start()
-        scheme = "https" if ssl_context else "http"
+        scheme = "https" if live is not None and live.tls else "http"
         shown = host if host not in (None, "0.0.0.0", "::") else "127.0.0.1"
         return f"{scheme}://{shown}:{runner.addresses[0][1]}"
 
     async def start(self) -> None:
-        """Bind the listeners and start polling; a listener that cannot bind raises OSError."""
+        """Bind the listeners and start polling; a listener that cannot bind raises OSError,
+        a web config that does not load raises ConfigError."""
         self.web_url = await self._serve(
             lambda middlewares: make_web_app(self, middlewares),
             self.config.web.listen_address,
             self.config.web.config_file,
+            "web",
         )
         log.info("metrics listener on %s", self.web_url)
         if self.config.proxy.enabled:
@@ -233,7 +281,7 @@ class Exporter:
                 self.proxy.make_server,
                 self.config.proxy.listen_address,
                 self.config.proxy.web_config_file,
-                for_proxy=True,
+                "proxy",
             )
             log.info(
                 "proxy listener on %s, forwarding to %s",
@@ -254,6 +302,8 @@ class Exporter:
             await asyncio.gather(self._poll_task, return_exceptions=True)
         await asyncio.gather(*(runner.cleanup() for runner in self._runners))
         self._runners.clear()
+        for live in self._web_configs.values():
+            live.close()
         await self.proxy.aclose()
         await self.poller.aclose()
 
@@ -269,6 +319,10 @@ async def serve(exporter: Exporter) -> int:
         await exporter.start()
     except OSError as err:
         log.error("cannot listen: %s", err)
+        await exporter.stop()
+        return 1
+    except ConfigError as err:  # a web config that does not load (also under --demo)
+        log.error("config error: %s", err)
         await exporter.stop()
         return 1
     stop = asyncio.Event()

@@ -1,5 +1,24 @@
-"""HTTP basic auth against bcrypt hashes, and the middleware that applies a web config's
-users and headers to a listener."""
+"""HTTP basic auth against bcrypt hashes, built so that nobody can queue other people's logins.
+
+bcrypt is slow on purpose (cost 10: ~60 ms of CPU, cost 18: ~15 s), so where the checks run
+decides who waits for whom. The Go toolkit runs one check at a time under one lock: anyone
+who can reach the port can put a scrape behind a queue of bogus logins. Here:
+
+- a cached success answers at once, without touching bcrypt (successes are cached, keyed by
+  a SHA-256 of user, password and hash; failures never are, so each failed attempt costs a
+  full check again);
+- every check runs in a worker thread, off the event loop, in a *lane*: one per configured
+  user and one shared by all unknown users. A lane runs one check at a time (bounded
+  concurrency: at most users + 1 checks at once), and lanes never wait for each other, so a
+  flood of unknown-user logins, or one user's cost-18 hash, delays neither a cached login nor
+  another user's first login;
+- an unknown user costs one check against a dummy hash of cost 10, as in the toolkit.
+
+What this cannot hide: under a flood, unknown users' answers slow down while known users' do
+not, so timing then tells known user names from unknown ones; and someone who knows a user
+name can delay that user's first, uncached login by sending wrong passwords for it (the
+scrapes after that one are cached). ``rate_limit`` bounds both.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +27,13 @@ import base64
 import binascii
 import hashlib
 import logging
+import re
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import bcrypt
-from aiohttp import hdrs, web
-from aiohttp.typedefs import Handler, Middleware
 
 from exporter.config import Secret
 
@@ -24,63 +43,30 @@ log = logging.getLogger(__name__)
 # truncate; the Python package raises instead), so the same truncation is done here.
 _BCRYPT_MAX_PASSWORD = 72
 AUTH_CACHE_SIZE = 1024
+DUMMY_COST = 10  # what the toolkit's fixed hash for unknown users costs
+_GO_MIN_HASH_SIZE = 59  # golang.org/x/crypto/bcrypt minHashSize
 
 
-def web_middleware(
-    users: Mapping[str, Secret], headers: Mapping[str, str], for_proxy: bool = False
-) -> Middleware:
-    """Basic auth (when users are configured) and the configured headers, as one middleware.
+def bcrypt_cost_problem(hashed: str) -> str | None:
+    """What Go's ``bcrypt.Cost`` refuses in `hashed`, or None: the toolkit's load-time check.
 
-    Each call builds its own cache of successful checks, so a reloaded file starts clean.
-    ``for_proxy``: on the metering proxy ``Authorization`` carries the DeepSeek key, so the
-    credentials travel in ``Proxy-Authorization`` and a refusal is a 407.
+    Go reads only the prefix and the cost; the salt and digest are checked at login. The
+    message never quotes the value, which may be a password pasted by mistake.
     """
-    credentials = hdrs.PROXY_AUTHORIZATION if for_proxy else hdrs.AUTHORIZATION
-    status, challenge = (
-        (407, hdrs.PROXY_AUTHENTICATE) if for_proxy else (401, hdrs.WWW_AUTHENTICATE)
-    )
-    headers = dict(headers)
-    auth = BasicAuth(users) if users else None
-
-    if auth is None and not headers:
-
-        @web.middleware
-        async def passthrough(request: web.Request, handler: Handler) -> web.StreamResponse:
-            return await handler(request)
-
-        return passthrough
-
-    @web.middleware
-    async def web_config(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if auth is not None and not await auth.check_header(request.headers.get(credentials)):
-            response: web.StreamResponse = web.Response(
-                status=status,
-                text="Unauthorized\n",
-                headers={challenge: 'Basic realm="deepseek-exporter"'},
-            )
-        else:
-            try:
-                response = await handler(request)
-            except web.HTTPException as exc:
-                # 404/405 from the router and handlers' HTTP errors arrive as exceptions.
-                _add_headers(exc.headers, headers)
-                raise
-        if not response.prepared:
-            _add_headers(response.headers, headers)
-        return response
-
-    return web_config
-
-
-def _add_headers(target: Any, headers: Mapping[str, str]) -> None:
-    # The handler's own value wins, as in the Go toolkit (which sets them before the handler).
-    for name, value in headers.items():
-        target.setdefault(name, value)
-
-
-def _bcrypt_check(password: bytes, hashed: bytes) -> bool:
-    """One bcrypt comparison (constant time inside bcrypt). Tests count calls to this."""
-    return bcrypt.checkpw(password[:_BCRYPT_MAX_PASSWORD], hashed)
+    raw = hashed.encode()
+    if len(raw) < _GO_MIN_HASH_SIZE:
+        return "too short to be a bcrypt hash"
+    if raw[0:1] != b"$":
+        return "not a bcrypt hash: it must start with '$'"
+    if raw[1] > ord("2"):
+        return "not a bcrypt hash: its version is newer than 2"
+    start = 3 if raw[2:3] == b"$" else 4
+    cost = raw[start : start + 2]
+    if not re.fullmatch(rb"[+-]?[0-9]+", cost):
+        return "not a bcrypt hash: the cost is not a number"
+    if not 4 <= int(cost) <= 31:
+        return f"bcrypt cost {int(cost)} is outside the allowed range 4-31"
+    return None
 
 
 def _normalise_hash(hashed: str) -> bytes:
@@ -88,7 +74,22 @@ def _normalise_hash(hashed: str) -> bytes:
     # but that is not promised for every release the dependency range allows, so rewrite it.
     if hashed.startswith("$2y$"):
         hashed = "$2b$" + hashed[4:]
-    return hashed.encode("ascii")
+    return hashed.encode()
+
+
+def bcrypt_parses(hashed: str) -> bool:
+    """Whether bcrypt can check against `hashed`, tried at cost 4 (about a millisecond)."""
+    cheap = _normalise_hash(hashed)
+    try:
+        bcrypt.checkpw(b"", cheap[:4] + b"04" + cheap[6:])
+    except ValueError:
+        return False
+    return True
+
+
+def _bcrypt_check(password: bytes, hashed: bytes) -> bool:
+    """One bcrypt comparison (constant time inside bcrypt). Tests count calls to this."""
+    return bcrypt.checkpw(password[:_BCRYPT_MAX_PASSWORD], hashed)
 
 
 def _dummy_hash(cost: int) -> bytes:
@@ -97,25 +98,69 @@ def _dummy_hash(cost: int) -> bytes:
     return cheap[:4] + b"%02d" % cost + cheap[6:]
 
 
+class BcryptLanes:
+    """Worker threads for bcrypt: one lane per configured user, one for all unknown users.
+
+    Each lane is a one-thread executor, so its checks run one at a time in arrival order and
+    never wait for another lane. Threads start on first use. One object serves a listener for
+    its whole life, across reloads of its web config.
+    """
+
+    UNKNOWN = ""  # the lane key of users not in the file ("" is never a user's lane key)
+
+    def __init__(self) -> None:
+        self._executors: dict[str, ThreadPoolExecutor] = {}
+
+    def _lane(self, user: str | None) -> ThreadPoolExecutor:
+        key = self.UNKNOWN if user is None else f"user:{user}"
+        executor = self._executors.get(key)
+        if executor is None:
+            executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bcrypt")
+            self._executors[key] = executor
+        return executor
+
+    async def check(self, user: str | None, password: bytes, hashed: bytes) -> bool:
+        """bcrypt in `user`'s lane (None: the unknown users' lane)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._lane(user), _bcrypt_check, password, hashed)
+
+    def keep_only(self, users: Iterable[str]) -> None:
+        """Stop the lanes of users no longer configured (after a reload)."""
+        keep = {self.UNKNOWN} | {f"user:{user}" for user in users}
+        for key in [k for k in self._executors if k not in keep]:
+            self._executors.pop(key).shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        for executor in self._executors.values():
+            executor.shutdown(wait=False, cancel_futures=True)
+        self._executors.clear()
+
+
 class BasicAuth:
     """Checks ``Authorization: Basic`` headers against bcrypt hashes, caching successes."""
 
-    def __init__(self, users: Mapping[str, Secret], cache_size: int = AUTH_CACHE_SIZE) -> None:
+    def __init__(
+        self,
+        users: Mapping[str, Secret],
+        lanes: BcryptLanes | None = None,
+        *,
+        cache_size: int = AUTH_CACHE_SIZE,
+        previous: BasicAuth | None = None,
+    ) -> None:
         self._users = {user: _normalise_hash(h.reveal()) for user, h in users.items()}
-        # Unknown users are checked against a hash as slow as the slowest real one, so
-        # response time does not reveal which user names exist.
-        self._dummy = _dummy_hash(max(int(h[4:6]) for h in self._users.values()))
-        self._cache: OrderedDict[bytes, None] = OrderedDict()
+        self._dummy = _dummy_hash(DUMMY_COST)
+        self._lanes = lanes if lanes is not None else BcryptLanes()
+        # Cache keys include the hash, so after a reload the entries of users whose hash did
+        # not change stay valid and the others can never match again.
+        self._cache: OrderedDict[bytes, None] = previous._cache if previous else OrderedDict()
         self._cache_size = cache_size
-        # One bcrypt at a time, as the Go toolkit does: a burst of bad logins then costs one
-        # core, not the whole thread pool. Cached successes never wait for it.
-        self._lock = asyncio.Lock()
+        self._lanes.keep_only(self._users)
 
     def __repr__(self) -> str:
         return f"BasicAuth(users={sorted(self._users)}, cached={len(self._cache)})"
 
     async def check_header(self, header: str | None) -> bool:
-        credentials = _parse_basic(header)
+        credentials = parse_basic(header)
         if credentials is None:
             return False
         return await self.check(*credentials)
@@ -127,13 +172,11 @@ class BasicAuth:
         if known and key in self._cache:
             self._cache.move_to_end(key)
             return True
-        async with self._lock:
-            try:
-                ok = await asyncio.to_thread(_bcrypt_check, password, hashed)
-            except ValueError:
-                # Hashes are validated at load time; this is a bug, not a bad login.
-                log.exception("basic auth: bcrypt refused the hash of user %r", user)
-                ok = False
+        try:
+            ok = await self._lanes.check(user if known else None, password, hashed)
+        except ValueError:
+            # A hash bcrypt cannot read (the toolkit accepts some): warned about at load.
+            ok = False
         if not (ok and known):
             return False  # failures are never cached: the next attempt pays bcrypt again
         self._cache[key] = None
@@ -152,7 +195,8 @@ def _cache_key(user: str, password: bytes, hashed: bytes) -> bytes:
     return digest.digest()
 
 
-def _parse_basic(header: str | None) -> tuple[str, bytes] | None:
+def parse_basic(header: str | None) -> tuple[str, bytes] | None:
+    """(user, password) from an ``Authorization: Basic`` value; None if it is not one."""
     if not header:
         return None
     scheme, _, encoded = header.strip().partition(" ")
@@ -168,11 +212,7 @@ def _parse_basic(header: str | None) -> tuple[str, bytes] | None:
         return None
 
 
-def bcrypt_parses(hashed: str) -> bool:
-    """Whether bcrypt accepts the salt, tried at cost 4 (about a millisecond)."""
-    cheap = _normalise_hash(hashed)
-    try:
-        bcrypt.checkpw(b"", cheap[:4] + b"04" + cheap[6:])
-    except ValueError:
-        return False
-    return True
+def add_headers(target: Any, headers: Mapping[str, str]) -> None:
+    """Add the configured headers; one the handler set itself wins."""
+    for name, value in headers.items():
+        target.setdefault(name, value)

@@ -1,88 +1,58 @@
-"""The Prometheus exporter-toolkit web config file (TLS, basic auth, headers), for aiohttp.
+"""The Prometheus exporter-toolkit web config file (TLS, basic auth, headers, rate limit).
 
 Format: https://github.com/prometheus/exporter-toolkit/blob/master/docs/web-configuration.md,
-the file every Go exporter reads with ``--web.config.file`` and ``promtool check web-config``
-validates. No Python library implements it, so this module does, as strictly as the Go
-toolkit (unknown keys, wrong types and bad values are refused) and stricter where a silent
-mistake would leave the listener less secure than the file says.
+the file every Go exporter reads with ``--web.config.file``. No Python library implements it,
+so this module does, to accept and refuse exactly what the current toolkit does, with an
+error naming the same problem, found in the same order:
 
-Wiring::
+1. the YAML, read as go-yaml v2 reads it into the toolkit's Go types (exporter/web/goyaml.py:
+   unknown keys, wrong types, unknown cipher, curve or TLS version names);
+2. the headers (only the five the toolkit allows, with its enumerations);
+3. each user's bcrypt hash, checked as Go's ``bcrypt.Cost`` checks it;
+4. TLS, when the section names a certificate, key, client CA or client auth type
+   (exporter/web/tls.py: certificate and key present, files readable and loadable, client CA
+   readable, a known ``client_auth_type``, a client CA only with a policy that uses it).
 
-    settings = load_web_config(path)           # refuses a bad file at start-up
-    ssl_context = settings.ssl_context()       # None when there is no tls_server_config
-    app.middlewares.append(settings.auth_middleware())
+The toolkit also accepts some files that cannot work as written (a user name with ``:``, a
+hash no bcrypt can check, a rate limit with ``burst: 0``, TLS settings without a
+certificate); those load here too, and each gives a warning (``WebSettings.warnings``) that
+the listener logs.
 
-What is honoured, and where Python's ``ssl`` module (OpenSSL) differs from Go's crypto/tls:
-
-- ``cert_file``/``key_file``/``client_ca_file``: relative paths resolve against the folder of
-  the config file; all three are read and checked at load time. Passphrase-protected keys
-  are refused (Go cannot read them either; OpenSSL would otherwise prompt on the terminal).
-- ``client_auth_type``: ``NoClientCert`` and ``RequestClientCert`` let every client in (the
-  latter asks Go to request a certificate it never checks; nothing here reads an unchecked
-  certificate, so it is not requested). ``VerifyClientCertIfGiven`` and
-  ``RequireAndVerifyClientCert`` verify against ``client_ca_file``, which is required for
-  them. ``RequireAnyClientCert`` (and its old alias ``RequireClientCert``) is refused:
-  OpenSSL through Python cannot demand a certificate without verifying it.
-- ``min_version``/``max_version``: OpenSSL 3 does not negotiate TLS 1.0/1.1 at the security
-  level Python uses, so ``min_version: TLS10``/``TLS11`` acts as TLS12 and a ``max_version``
-  below TLS12 is refused.
-- ``cipher_suites``: the Go names Go accepts; the TLS 1.2 ones map to their OpenSSL names,
-  in the order given. TLS 1.3 suites cannot be configured (same as Go) and are accepted as
-  no-ops. ``prefer_server_cipher_suites`` (default true) picks the server's order.
-- ``curve_preferences``: Python's ``ssl`` can set a single ECDH group, so only the FIRST
-  (most preferred) curve is offered; with several listed a warning is logged. Offering fewer
-  curves than listed is never weaker than the file asks for.
-- ``http2``: validated, not used: aiohttp serves HTTP/1.1 only.
-- ``headers``: the five headers the toolkit allows, with its enum checks, added to every
-  response the handlers return (401 and 404 included) unless the handler set them itself. A
-  response a handler streams itself (``prepare()``-d before it returns, like the metering
-  proxy's pass-through) is already on the wire and goes out as the handler built it.
-- ``basic_auth_users``: bcrypt hashes (``$2a$``, ``$2b$``, ``$2y$``). Checks run in a worker
-  thread, one at a time (bcrypt is slow on purpose), successful ones are cached, and an
-  unknown user costs a bcrypt check against a dummy hash so it cannot be told from a wrong
-  password by timing.
-- Not supported, refused with a message saying so: inline ``cert``/``key``/``client_ca``,
-  ``client_allowed_sans`` and ``rate_limit`` (newer toolkit keys that promtool 2.42 itself
-  rejects).
+Wiring: exporter/web/listener.py keeps one listener's file current (TLS context for new
+connections, basic auth, headers, rate limit), reloading it when it or its certificate files
+change. HTTP/2 (``http2``) is validated and ignored: aiohttp serves HTTP/1.1.
 """
 
 from __future__ import annotations
 
-import logging
-import re
+import contextlib
 import ssl
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, NoReturn
-
-import yaml
-from aiohttp.typedefs import Middleware
+from typing import NoReturn
 
 from exporter.config import Secret  # the project-wide "prints as <secret>" wrapper
-from exporter.web.auth import BasicAuth, bcrypt_parses, web_middleware
+from exporter.web import goyaml
+from exporter.web.auth import bcrypt_cost_problem, bcrypt_parses
+from exporter.web.goyaml import GoTypeError, Node
 from exporter.web.tls import (
     CIPHER_SUITES,
-    CLIENT_AUTH_TYPES,
     CURVES,
+    HTTP2_REQUIRED_CIPHERS,
     TLS_VERSIONS,
-    VERIFYING_AUTH_TYPES,
-    TLSFileError,
+    TLSConfigError,
     TLSSettings,
     build_ssl_context,
 )
 
-__all__ = ["BasicAuth", "Secret", "TLSSettings", "WebConfigError", "WebSettings", "load_web_config"]
-
-log = logging.getLogger(__name__)
+__all__ = ["RateLimit", "Secret", "TLSSettings", "WebConfigError", "WebSettings", "load_web_config"]
 
 
 class WebConfigError(Exception):
     """A web config file that cannot be used; the message is one line naming file and field."""
 
-
-# --- The vocabulary of the format (TLS names: exporter.web.tls) ---------------------------
 
 # The only headers the toolkit lets a file set, with the values it allows (None: any).
 HEADERS: Mapping[str, tuple[str, ...] | None] = MappingProxyType(
@@ -95,36 +65,34 @@ HEADERS: Mapping[str, tuple[str, ...] | None] = MappingProxyType(
     }
 )
 
-_TOP_KEYS = ("tls_server_config", "http_server_config", "basic_auth_users")
+_TOP_KEYS = ("tls_server_config", "http_server_config", "rate_limit", "basic_auth_users")
 _TLS_KEYS = (
+    "cert",
+    "key",
+    "client_ca",
     "cert_file",
     "key_file",
     "client_auth_type",
     "client_ca_file",
+    "cipher_suites",
+    "curve_preferences",
     "min_version",
     "max_version",
-    "cipher_suites",
     "prefer_server_cipher_suites",
-    "curve_preferences",
+    "client_allowed_sans",
 )
+# Any of these set (non-empty) turns TLS on, as the toolkit's TLSConfig.IsEnabled.
+_TLS_ENABLING = ("cert_file", "cert", "key_file", "key", "client_ca_file", "client_ca")
 _HTTP_KEYS = ("http2", "headers")
-# Keys of newer toolkit versions: named so the error says "not supported", not "unknown".
-_UNSUPPORTED_KEYS = {
-    "rate_limit": "not supported by this exporter; rate-limit in a reverse proxy",
-    "tls_server_config.cert": "inline PEM is not supported; use cert_file",
-    "tls_server_config.key": "inline PEM is not supported; use key_file",
-    "tls_server_config.client_ca": "inline PEM is not supported; use client_ca_file",
-    "tls_server_config.client_allowed_sans": (
-        "not supported: Python's ssl module cannot check client certificate SANs during the "
-        "handshake; issue client certificates from a dedicated client_ca_file instead"
-    ),
-}
-
-# bcrypt's modular crypt format: $2<minor>$<cost>$<22 chars salt><31 chars digest>.
-_BCRYPT_RE = re.compile(r"\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}")
+_RATE_KEYS = ("interval", "burst")
 
 
-# --- Settings -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RateLimit:
+    """A token bucket per listener: one request per `interval` seconds, bursts of `burst`."""
+
+    interval: float
+    burst: int
 
 
 @dataclass(frozen=True)
@@ -136,266 +104,243 @@ class WebSettings:
     http2: bool = True
     headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     basic_auth_users: Mapping[str, Secret] = field(default_factory=lambda: MappingProxyType({}))
+    rate_limit: RateLimit | None = None
+    warnings: tuple[str, ...] = field(default=(), compare=False)
 
-    def ssl_context(self) -> ssl.SSLContext | None:
-        """A server SSLContext from the files as they are now; None without tls_server_config."""
+    def ssl_context(self, warnings_out: list[str] | None = None) -> ssl.SSLContext | None:
+        """A server SSLContext from the files as they are now; None when TLS is off."""
         if self.tls is None:
             return None
         try:
-            return build_ssl_context(self.tls)
-        except TLSFileError as err:
-            raise WebConfigError(f"{self.path}: tls_server_config.{err.key}: {err}") from None
-
-    def auth_middleware(self, for_proxy: bool = False) -> Middleware:
-        """Basic auth and headers of this file as one middleware (see :func:`web_middleware`)."""
-        return web_middleware(self.basic_auth_users, self.headers, for_proxy)
+            return build_ssl_context(self.tls, warnings_out)
+        except TLSConfigError as err:
+            where = f"tls_server_config.{err.key}" if err.key else "tls_server_config"
+            raise WebConfigError(f"{self.path}: {where}: {err}") from None
 
 
-# --- Loading -------------------------------------------------------------------------------
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (PyYAML keeps the last one silently)."""
-
-
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)
-        try:
-            hash(key)
-        except TypeError:
-            raise yaml.MarkedYAMLError(
-                problem="a mapping key must be a plain value", problem_mark=key_node.start_mark
-            ) from None
-        if key in seen:
-            raise yaml.MarkedYAMLError(
-                problem=f"duplicate key {key!r}", problem_mark=key_node.start_mark
-            )
-        seen.add(key)
-    return loader.construct_mapping(node)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-_TYPE_NAMES = {
-    str: "a string",
-    bool: "a boolean",
-    int: "an integer",
-    float: "a number",
-    list: "a list",
-    dict: "a mapping",
-    type(None): "null",
-}
-
-
-def _type_name(value: object) -> str:
-    return _TYPE_NAMES.get(type(value), type(value).__name__)
+# --- Reading -----------------------------------------------------------------------------
 
 
 class _Parser:
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.warnings: list[str] = []
 
     def fail(self, where: str, message: str) -> NoReturn:
         prefix = f"{self.path}: {where}: " if where else f"{self.path}: "
         raise WebConfigError(prefix + message)
 
-    def expect(self, where: str, value: object, kind: type, what: str | None = None) -> Any:
-        # bool is an int subclass in Python, YAML keeps them apart.
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            self.fail(where, f"expected {what or _TYPE_NAMES[kind]}, got {_type_name(value)}")
-        return value
+    @contextlib.contextmanager
+    def at(self, where: str) -> Iterator[None]:
+        """Report a value the Go type cannot hold as a problem of the field `where`."""
+        try:
+            yield
+        except GoTypeError as err:
+            self.fail(where, str(err))
 
-    def section(self, where: str, value: object, known: tuple[str, ...]) -> dict[str, Any]:
-        """A mapping with only known keys; null is an empty section."""
-        if value is None:
-            return {}
-        section = self.expect(where, value, dict)
+    def section(self, where: str, node: Node | None, known: tuple[str, ...]) -> dict[str, Node]:
+        with self.at(where):
+            section = goyaml.as_mapping(node)
         for key in section:
-            name = f"{where}.{key}" if where else str(key)
-            if name in _UNSUPPORTED_KEYS:
-                self.fail(name, _UNSUPPORTED_KEYS[name])
             if key not in known:
                 self.fail(where, f"unknown key {key!r} (one of {', '.join(known)})")
         return section
 
-    def choice(self, where: str, value: object, choices: tuple[str, ...]) -> str:
-        self.expect(where, value, str)
-        if value not in choices:
-            self.fail(where, f"unknown value {value!r} (one of {', '.join(choices)})")
-        return str(value)
+    def string(self, where: str, node: Node | None) -> str:
+        with self.at(where):
+            return goyaml.as_string(node)
 
-    def file(self, where: str, value: object) -> Path:
-        self.expect(where, value, str)
-        if not value:
-            self.fail(where, "must not be empty")
-        return self.path.parent / str(value)
+    def choice(self, where: str, node: Node | None, what: str, known: tuple[str, ...]) -> str:
+        name = self.string(where, node)
+        if name not in known:
+            self.fail(where, f"unknown {what} {name!r} (one of {', '.join(known)})")
+        return name
 
-    def string_list(self, where: str, value: object, choices: tuple[str, ...]) -> tuple[str, ...]:
-        if value is None:
-            return ()
-        items = self.expect(where, value, list)
-        return tuple(self.choice(f"{where}[{i}]", item, choices) for i, item in enumerate(items))
+    def choices(
+        self, where: str, node: Node | None, what: str, known: tuple[str, ...]
+    ) -> tuple[str, ...]:
+        with self.at(where):
+            items = goyaml.as_list(node) or []
+        return tuple(
+            self.choice(f"{where}[{i}]", item, what, known) for i, item in enumerate(items)
+        )
 
-    # --- sections ---
+    def file(self, where: str, node: Node | None) -> Path | None:
+        value = self.string(where, node)
+        return self.path.parent / value if value else None  # "" means unset, as in Go
 
-    def document(self, raw: object) -> WebSettings:
-        top = self.section("", raw, _TOP_KEYS)  # an empty file is valid: plain HTTP, no auth
+    # --- 1. the document, as go-yaml fills the toolkit's structs ---
+
+    def document(self, root: Node | None) -> WebSettings:
+        if root is not None and not isinstance(root, dict):
+            self.fail("", f"expected a mapping, got {goyaml.kind(root)}")
+        top = self.section("", root, _TOP_KEYS)
+        tls = self.tls(self.section("tls_server_config", top.get("tls_server_config"), _TLS_KEYS))
         http = self.section("http_server_config", top.get("http_server_config"), _HTTP_KEYS)
-        http2 = self.expect("http_server_config.http2", http.get("http2", True), bool)
+        with self.at("http_server_config.http2"):
+            http2 = goyaml.as_bool(http.get("http2"), default=True)
+        with self.at("http_server_config.headers"):
+            raw_headers = goyaml.as_mapping(http.get("headers"))
+        headers = {
+            name: self.string(f"http_server_config.headers.{name}", value)
+            for name, value in raw_headers.items()
+        }
+        rate_limit = self.rate_limit(self.section("rate_limit", top.get("rate_limit"), _RATE_KEYS))
+        with self.at("basic_auth_users"):
+            raw_users = goyaml.as_mapping(top.get("basic_auth_users"))
+        users = {
+            user: self.string(f"basic_auth_users.{user}", hashed)
+            for user, hashed in raw_users.items()
+        }
+        # 2. headers and 3. users are checked once the whole document has been read.
+        checked_headers = self.headers(headers)
+        checked_users = self.users(users)
+        if tls is not None and http2 and tls.cipher_suites:
+            self.http2_ciphers(tls)
         return WebSettings(
             path=self.path,
-            tls=self.tls(top.get("tls_server_config")),
+            tls=tls,
             http2=http2,
-            headers=MappingProxyType(self.headers(http.get("headers"))),
-            basic_auth_users=MappingProxyType(self.users(top.get("basic_auth_users"))),
+            headers=MappingProxyType(checked_headers),
+            basic_auth_users=MappingProxyType(checked_users),
+            rate_limit=rate_limit,
+            warnings=tuple(self.warnings),
         )
 
-    def tls(self, raw: object) -> TLSSettings | None:
+    def tls(self, tls: dict[str, Node]) -> TLSSettings | None:
         where = "tls_server_config"
-        tls = self.section(where, raw, _TLS_KEYS)
-        if not tls:
-            return None  # an empty section means plain HTTP, as in the Go toolkit
-        if "cert_file" not in tls and "key_file" not in tls:
-            self.fail(where, "cert_file and key_file are required to serve TLS")
-        if "cert_file" not in tls:
-            self.fail(f"{where}.cert_file", "missing (key_file is set without it)")
-        if "key_file" not in tls:
-            self.fail(f"{where}.key_file", "missing (cert_file is set without it)")
-        cert_file = self.file(f"{where}.cert_file", tls["cert_file"])
-        key_file = self.file(f"{where}.key_file", tls["key_file"])
-
-        auth_where = f"{where}.client_auth_type"
-        raw_auth = tls.get("client_auth_type", "NoClientCert")
-        if raw_auth in ("RequireAnyClientCert", "RequireClientCert"):
-            self.fail(
-                auth_where,
-                f"{raw_auth} is not supported: Python's ssl module cannot require a client "
-                "certificate without verifying it; use RequireAndVerifyClientCert with "
-                "client_ca_file",
-            )
-        client_auth = self.choice(auth_where, raw_auth, CLIENT_AUTH_TYPES)
-        client_ca = tls.get("client_ca_file")
-        client_ca_file = (
-            None if client_ca is None else self.file(f"{where}.client_ca_file", client_ca)
+        files = {
+            key: self.file(f"{where}.{key}", tls.get(key))
+            for key in ("cert_file", "key_file", "client_ca_file")
+        }
+        inline = {
+            key: self.string(f"{where}.{key}", tls.get(key)) for key in ("cert", "key", "client_ca")
+        }
+        client_auth_type = self.string(f"{where}.client_auth_type", tls.get("client_auth_type"))
+        versions = {}
+        for key, default in (("min_version", "TLS12"), ("max_version", "TLS13")):
+            node = tls.get(key)
+            if node is None or (isinstance(node, goyaml.Scalar) and node.is_null):
+                versions[key] = default  # Go's zero value selects its default, TLS 1.2 / 1.3
+            else:
+                versions[key] = self.choice(f"{where}.{key}", node, "TLS version", TLS_VERSIONS)
+        ciphers = self.choices(
+            f"{where}.cipher_suites", tls.get("cipher_suites"), "cipher", tuple(CIPHER_SUITES)
         )
-        if client_ca_file is None and client_auth in VERIFYING_AUTH_TYPES:
-            self.fail(f"{where}.client_ca_file", f"required when client_auth_type is {client_auth}")
-        if client_ca_file is not None and client_auth == "NoClientCert":
-            self.fail(
-                f"{where}.client_ca_file",
-                "set but client_auth_type is NoClientCert, so no client certificate would be "
-                "checked (use RequireAndVerifyClientCert)",
+        curves = self.choices(
+            f"{where}.curve_preferences", tls.get("curve_preferences"), "curve", tuple(CURVES)
+        )
+        with self.at(f"{where}.prefer_server_cipher_suites"):
+            prefer = goyaml.as_bool(tls.get("prefer_server_cipher_suites"), default=True)
+        with self.at(f"{where}.client_allowed_sans"):
+            sans_items = goyaml.as_list(tls.get("client_allowed_sans"))
+        sans = None
+        if sans_items is not None:
+            sans = tuple(
+                self.string(f"{where}.client_allowed_sans[{i}]", item)
+                for i, item in enumerate(sans_items)
             )
 
-        min_version = self.choice(
-            f"{where}.min_version", tls.get("min_version", "TLS12"), TLS_VERSIONS
-        )
-        max_version = self.choice(
-            f"{where}.max_version", tls.get("max_version", "TLS13"), TLS_VERSIONS
-        )
-        if max_version in ("TLS10", "TLS11"):
-            self.fail(
-                f"{where}.max_version",
-                f"{max_version} is not supported: OpenSSL 3 does not negotiate TLS below 1.2 "
-                "at Python's security level",
-            )
-        if TLS_VERSIONS.index(min_version) > TLS_VERSIONS.index(max_version):
-            self.fail(where, f"min_version {min_version} is above max_version {max_version}")
-
-        ciphers = self.string_list(
-            f"{where}.cipher_suites", tls.get("cipher_suites"), tuple(CIPHER_SUITES)
-        )
-        if ciphers and min_version != "TLS13" and not any(CIPHER_SUITES[c] for c in ciphers):
-            self.fail(
-                f"{where}.cipher_suites",
-                "lists only TLS 1.3 suites, which are always on and cannot be configured, "
-                "leaving TLS 1.2 without a cipher; add TLS 1.2 suites or set min_version: TLS13",
-            )
-        prefer = self.expect(
-            f"{where}.prefer_server_cipher_suites",
-            tls.get("prefer_server_cipher_suites", True),
-            bool,
-        )
-        curves = self.string_list(
-            f"{where}.curve_preferences", tls.get("curve_preferences"), tuple(CURVES)
-        )
-        if len(curves) > 1:
-            log.warning(
-                "%s: tls_server_config.curve_preferences: Python's ssl offers one curve; "
-                "using %s only",
-                self.path,
-                curves[0],
-            )
+        if not (any(files.values()) or any(inline.values()) or client_auth_type):
+            if tls:
+                self.warnings.append(
+                    f"{where}: no certificate, key, client CA or client_auth_type, so the "
+                    "listener serves plain HTTP (as the toolkit does)"
+                )
+            return None
+        for key, other in (
+            ("cert", "cert_file"),
+            ("key", "key_file"),
+            ("client_ca", "client_ca_file"),
+        ):
+            if inline[key] and files[other] is not None:
+                self.warnings.append(f"{where}: both {key} and {other} are set; {other} is used")
         return TLSSettings(
-            cert_file=cert_file,
-            key_file=key_file,
-            client_auth_type=client_auth,
-            client_ca_file=client_ca_file,
-            min_version=min_version,
-            max_version=max_version,
+            cert_file=files["cert_file"],
+            key_file=files["key_file"],
+            cert="" if files["cert_file"] else inline["cert"],
+            key=Secret(inline["key"]) if inline["key"] and not files["key_file"] else None,
+            client_auth_type=client_auth_type,
+            client_ca_file=files["client_ca_file"],
+            client_ca="" if files["client_ca_file"] else inline["client_ca"],
+            client_allowed_sans=sans,
+            min_version=versions["min_version"],
+            max_version=versions["max_version"],
             cipher_suites=ciphers,
             prefer_server_cipher_suites=prefer,
             curve_preferences=curves,
         )
 
-    def headers(self, raw: object) -> dict[str, str]:
+    def rate_limit(self, section: dict[str, Node]) -> RateLimit | None:
+        with self.at("rate_limit.interval"):
+            interval = goyaml.as_duration(section.get("interval"))
+        with self.at("rate_limit.burst"):
+            burst = goyaml.as_int(section.get("burst"))
+        if interval == 0:
+            return None  # the toolkit's "0 disables the rate limiter"
+        if interval < 0:
+            self.warnings.append("rate_limit.interval: negative, so nothing is limited (as in Go)")
+        elif burst <= 0:
+            self.warnings.append(
+                f"rate_limit.burst: {burst}, so every request is answered 429 (as in the toolkit)"
+            )
+        return RateLimit(interval=interval, burst=burst)
+
+    # --- 2. headers ---
+
+    def headers(self, headers: dict[str, str]) -> dict[str, str]:
         where = "http_server_config.headers"
-        headers: dict[str, str] = {}
-        for name, value in self.section(where, raw, tuple(HEADERS)).items():
-            self.expect(f"{where}.{name}", value, str)
+        checked: dict[str, str] = {}
+        for name, value in headers.items():
+            if name not in HEADERS:
+                self.fail(
+                    where, f"header {name!r} cannot be configured (one of {', '.join(HEADERS)})"
+                )
             allowed = HEADERS[name]
             if allowed is not None and value not in allowed:
                 self.fail(
-                    f"{where}.{name}", f"unknown value {value!r} (one of {', '.join(allowed)})"
+                    f"{where}.{name}", f"invalid value {value!r} (one of {', '.join(allowed)})"
                 )
-            if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-                # A newline here would let the file inject headers of its own choosing.
-                self.fail(f"{where}.{name}", "must not contain control characters")
             if value:  # "Unset if blank", per the format's documentation
-                headers[name] = value
-        return headers
+                # Go writes a line break in a header value as a space; so does this.
+                checked[name] = value.replace("\r", " ").replace("\n", " ")
+        return checked
 
-    def users(self, raw: object) -> dict[str, Secret]:
-        where = "basic_auth_users"
-        if raw is None:
-            return {}
-        users: dict[str, Secret] = {}
-        for user, hashed in self.expect(where, raw, dict).items():
-            if not isinstance(user, str):
-                self.fail(where, f"user name {user!r} must be a string (quote it)")
+    # --- 3. users ---
+
+    def users(self, users: dict[str, str]) -> dict[str, Secret]:
+        checked: dict[str, Secret] = {}
+        for user, hashed in users.items():
+            where = f"basic_auth_users.{user}"
+            problem = bcrypt_cost_problem(hashed)  # never quotes the value: it may be a password
+            if problem:
+                self.fail(where, f"{problem} (make one with: htpasswd -nBC 10 USER)")
             if ":" in user:
-                self.fail(where, f"user name {user!r} contains ':', which basic auth cannot send")
-            # Only the type, never the value: this may be a real hash or a pasted password.
-            self.expect(f"{where}.{user}", hashed, str, "a bcrypt hash string")
-            users[user] = Secret(hashed)
-            match = _BCRYPT_RE.fullmatch(hashed)
-            if not match or not 4 <= int(match[1]) <= 31 or not bcrypt_parses(hashed):
-                self.fail(
-                    f"{where}.{user}",
-                    "not a valid bcrypt hash (expected $2a$, $2b$ or $2y$ with a cost of "
-                    "04-31; make one with: htpasswd -nBC 10 USER)",
+                self.warnings.append(
+                    f"basic_auth_users: user name {user!r} contains ':', which basic auth "
+                    "cannot send, so this user can never log in"
                 )
-        return users
+            elif not bcrypt_parses(hashed):
+                self.warnings.append(
+                    f"{where}: not a hash bcrypt can check, so this user can never log in"
+                )
+            checked[user] = Secret(hashed)
+        return checked
+
+    def http2_ciphers(self, tls: TLSSettings) -> None:
+        if TLS_VERSIONS.index(tls.min_version) >= TLS_VERSIONS.index("TLS13"):
+            return
+        if not any(c in HTTP2_REQUIRED_CIPHERS for c in tls.cipher_suites):
+            self.warnings.append(
+                "tls_server_config.cipher_suites: Go exporters refuse to start with this list "
+                "unless http2 is false (HTTP/2 requires TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 "
+                "or TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256); ignored here, where HTTP/2 is not "
+                "served"
+            )
 
 
-def _yaml_error(err: yaml.YAMLError) -> str:
-    mark = getattr(err, "problem_mark", None)
-    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-    if mark is None:
-        return f"invalid YAML: {problem}"
-    return f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {problem}"
-
-
-def load_web_config(path: str | Path) -> WebSettings:
-    """Read, validate and return a web config file; any problem raises WebConfigError.
-
-    The certificate, key and client CA files are read and checked too, so a bad file is
-    refused at start-up (and at reload) rather than at the first connection.
-    """
-    path = Path(path)
+def _parse(path: Path) -> WebSettings:
+    """Steps 1-3: the file itself, without reading the certificate files."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
@@ -403,9 +348,34 @@ def load_web_config(path: str | Path) -> WebSettings:
     except UnicodeDecodeError:
         raise WebConfigError(f"{path}: not UTF-8 text") from None
     try:
-        raw = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no arbitrary objects
-    except yaml.YAMLError as err:
-        raise WebConfigError(f"{path}: {_yaml_error(err)}") from None
-    settings = _Parser(path).document(raw)
-    settings.ssl_context()  # reads and checks the certificate, key and CA files
-    return settings
+        root = goyaml.load(text)
+    except GoTypeError as err:
+        raise WebConfigError(f"{path}: {err}") from None
+    return _Parser(path).document(root)
+
+
+def load_web_config_parts(
+    path: str | Path,
+) -> tuple[WebSettings, tuple[Path, ...], Callable[[list[str]], ssl.SSLContext | None]]:
+    """The file read and checked (steps 1-3), the certificate files it names, and the step
+    that reads those and builds the TLS context (None without TLS), appending its warnings.
+
+    Apart so that a caller watching the files for changes can look at them before they are
+    read (exporter/web/listener.py).
+    """
+    settings = _parse(Path(path))
+    files = settings.tls.files if settings.tls is not None else ()
+    return settings, files, settings.ssl_context
+
+
+def load_web_config(path: str | Path) -> WebSettings:
+    """Read, validate and return a web config file; any problem raises WebConfigError.
+
+    The certificate, key and client CA are read and checked too, so a bad file is refused at
+    start-up (and at reload) rather than at the first connection. Problems the toolkit lets
+    through are in the result's ``warnings``.
+    """
+    settings, _, build = load_web_config_parts(path)
+    tls_warnings: list[str] = []
+    build(tls_warnings)  # 4. reads and checks the certificate, key and client CA
+    return replace(settings, warnings=(*settings.warnings, *tls_warnings))
