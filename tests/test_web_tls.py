@@ -125,6 +125,12 @@ def test_every_listed_curve_is_offered(pki: Pki, curve: str, openssl_group: str)
         assert s_client(served.url, pki.ca, "-groups", openssl_group).answered
 
 
+def test_one_curve(pki: Pki) -> None:
+    with serving(pki, "tls_one_curve.yml") as served:
+        assert get(served.url, client_tls(pki.ca, curve="secp384r1")).status == 200
+        assert refused(served.url, client_tls(pki.ca, curve="X25519"))
+
+
 def test_curves_not_listed_are_refused(pki: Pki) -> None:
     with serving(pki, "tls_some_curves.yml") as served:  # CurveP521, X25519
         assert get(served.url, client_tls(pki.ca, curve="secp521r1")).status == 200

@@ -115,9 +115,14 @@ HTTP2_REQUIRED_CIPHERS = (
 # it first (no AES hardware), which is how Go orders its default list.
 _OP_PRIORITIZE_CHACHA = 1 << 21
 
-# Go curve names -> OpenSSL group names.
+# Go curve names -> OpenSSL short names (what set_ecdh_curve and the groups list both take).
 CURVES: Mapping[str, str] = MappingProxyType(
-    {"CurveP256": "P-256", "CurveP384": "P-384", "CurveP521": "P-521", "X25519": "X25519"}
+    {
+        "CurveP256": "prime256v1",
+        "CurveP384": "secp384r1",
+        "CurveP521": "secp521r1",
+        "X25519": "X25519",
+    }
 )
 
 _PEM_CERTIFICATE = re.compile(
