@@ -16,11 +16,12 @@ import openai
 import pytest
 
 from exporter.simulator import Simulator
-from tests.conftest import BackgroundLoop
+from tests.conftest import BackgroundLoop, require_binary
 from tests.harness import (
     PROD_KEY,
     RunningExporter,
     exporter_config,
+    parse_samples,
     running_exporter,
     running_simulator,
 )
@@ -132,3 +133,36 @@ def test_bad_web_config_refuses_to_start(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("config error: ")
     assert "missing.crt" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_web_config_reloads_are_reported_per_listener(
+    secured: tuple[RunningExporter, Simulator],
+    web_config: Path,
+    pki: Pki,  # noqa: F811
+) -> None:
+    running, _ = secured
+    tls = ssl.create_default_context(cafile=str(pki.ca))
+    auth = {"Authorization": basic(USER, PASSWORD)}
+
+    def scrape() -> str:
+        return httpx.get(running.web_url + "/metrics", verify=tls, headers=auth).text
+
+    text = scrape()
+    lint = subprocess.run(
+        [require_binary("promtool"), "check", "metrics"], input=text, capture_output=True, text=True
+    )
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    ok = "deepseek_exporter_web_config_last_reload_successful"
+    samples = parse_samples(text)
+    assert samples[(ok, frozenset({("listener", "web")}))] == 1
+    assert samples[(ok, frozenset({("listener", "proxy")}))] == 1
+    stamp = "deepseek_exporter_web_config_last_reload_success_timestamp_seconds"
+    assert samples[(stamp, frozenset({("listener", "web")}))] == running.clock()
+
+    good = web_config.read_text()
+    web_config.write_text(good.replace(str(pki.server_key), "/nonexistent/server.key"))
+    samples = parse_samples(scrape())  # a new connection looks at the files first
+    assert samples[(ok, frozenset({("listener", "web")}))] == 0
+    assert samples[(ok, frozenset({("listener", "proxy")}))] == 1  # no connection there yet
+    web_config.write_text(good)
+    assert parse_samples(scrape())[(ok, frozenset({("listener", "web")}))] == 1
