@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import ssl
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +17,7 @@ import httpx
 import pytest
 
 from exporter.web.certnames import subject_alt_names
+from tests.conftest import require_binary
 from tests.pki import Pki, make_pki
 from tests.test_webconfig import TESTDATA, render
 from tests.webconfig_server import Served, client_tls, get, refused, s_client, serve
@@ -236,3 +238,47 @@ def test_certificate_rotation_serves_the_new_file_to_the_next_connection(
         assert get(served.url, both).peer_cert == new_der
         assert kept.get(served.url).status_code == 200  # the open connection was not dropped
         assert subject_alt_names(new_der) == ["localhost", "127.0.0.1"]
+
+
+# --- The documented examples ------------------------------------------------------------------
+
+EXAMPLES = Path(__file__).parent.parent / "docs" / "examples"
+
+
+def promtool_check(folder: Path) -> None:
+    promtool = require_binary("promtool")
+    result = subprocess.run(
+        [promtool, "check", "web-config", "web-config.yml"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "web-config.yml SUCCESS" in result.stdout + result.stderr
+
+
+def test_example_web_config_passes_promtool_and_serves(tmp_path: Path, pki: Pki) -> None:
+    example = EXAMPLES / "web-config.yml"
+    user, password = "prometheus", "demo-scrape-password"  # as documented in the example
+    assert f'"{user}" with the password "{password}"' in example.read_text()
+    shutil.copy(example, tmp_path / "web-config.yml")
+    for name in ("server.crt", "server.key"):
+        shutil.copy(pki / name, tmp_path / name)
+    promtool_check(tmp_path)
+    with serve(tmp_path / "web-config.yml") as served:
+        assert get(served.url, client_tls(pki.ca), auth=(user, password)).status == 200
+        assert get(served.url, client_tls(pki.ca), auth=(user, "guess")).status == 401
+
+
+def test_example_mtls_web_config_passes_promtool_and_serves(tmp_path: Path, pki: Pki) -> None:
+    shutil.copy(EXAMPLES / "web-config-mtls.yml", tmp_path / "web-config.yml")
+    for name in ("ca.crt", "server.crt", "server.key"):
+        shutil.copy(pki / name, tmp_path / name)
+    promtool_check(tmp_path)
+    with serve(tmp_path / "web-config.yml") as served:
+        reply = get(served.url, client_tls(pki.ca, pki.client))
+        assert (reply.status, reply.tls_version) == (200, "TLSv1.3")
+        assert reply.headers["Strict-Transport-Security"] == "max-age=31536000"
+        assert refused(served.url, client_tls(pki.ca))
+        assert refused(served.url, client_tls(pki.ca, pki.self_signed))
