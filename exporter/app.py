@@ -209,12 +209,14 @@ class Exporter:
     def _reload_web_configs(self, config: Config) -> None:
         """Each listener's web config again (certificates rotate without a restart)."""
         paths = {"web": config.web.config_file, "proxy": config.proxy.web_config_file}
-        for listener, live in self._web_configs.items():
-            path = paths[listener]
-            if path is None:
-                log.warning("%s listener: web config removed: takes effect on restart", listener)
-                continue
-            live.reload(path)
+        running = {"web": self.web_url, "proxy": self.proxy_url}
+        for listener, path in paths.items():
+            live = self._web_configs.get(listener)
+            if live is not None and path is not None:
+                live.reload(path)
+            elif running[listener] is not None and (live is None) != (path is None):
+                change = "added" if live is None else "removed"
+                log.warning("%s listener: web config %s: takes effect on restart", listener, change)
 
     async def _serve(
         self,
