@@ -167,8 +167,13 @@ def test_a_login_flood_does_not_delay_an_authorised_scrape(
     tmp_path: Path, exporters: list[Exporter]
 ) -> None:
     """While 50 clients send unknown-user logins as fast as they are answered, the first
-    (uncached) login of a user, and a cached one, answer within a second: the issue's
-    acceptance figure, measured on a real process. Cost-10 hashes, as htpasswd -B makes."""
+    (uncached) login of a user, a cached one and another user's first are not queued behind
+    them, on a real process. Cost-10 hashes, as htpasswd -B makes.
+
+    No fixed time is asserted (a busy machine slows everything alike): a login queued behind
+    the flood would take about as long as the flood's slowest request, so each must take well
+    under half of it. The issue's figure (under a second) is measured by bench/login_flood.py
+    and written to docs/benchmarks.md."""
     users = {"prometheus": "scrape-pw", "grafana": "dashboards-pw"}
     (tmp_path / "web.yml").write_text(
         "basic_auth_users:\n"
@@ -183,12 +188,12 @@ def test_a_login_flood_does_not_delay_an_authorised_scrape(
     measured = asyncio.run(flood_and_scrape(exporter.url, users))
     print(f"\nlogin flood: {measured}")
     assert measured["flood_requests"] >= 50
-    # The flood is real: its own requests queue behind each other for seconds...
-    assert measured["flood_slowest_s"] > 1.0
+    # The flood is real: its own requests queue behind each other (50 x one bcrypt check)...
+    slowest = measured["flood_slowest_s"]
+    assert slowest > 10 * measured["flood_fastest_s"]
     # ...and the authorised scrapes do not wait for it.
-    assert measured["first_login_s"] < 1.0
-    assert measured["cached_login_s"] < 1.0
-    assert measured["other_user_first_login_s"] < 1.0
+    for login in ("first_login_s", "cached_login_s", "other_user_first_login_s"):
+        assert measured[login] < slowest / 2, login
 
 
 def basic(user: str, password: str) -> dict[str, str]:
@@ -234,6 +239,7 @@ async def flood_and_scrape(url: str, users: dict[str, str]) -> dict[str, float]:
         "other_user_first_login_s": round(other, 3),
         "flood_requests": len(flood_times),
         "flood_slowest_s": round(max(flood_times), 3),
+        "flood_fastest_s": round(min(flood_times), 3),
     }
 
 
