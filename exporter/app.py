@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable, Mapping
@@ -23,13 +24,13 @@ from exporter import __version__
 from exporter.balance.collector import BalanceCollector
 from exporter.balance.poller import BalancePoller
 from exporter.clock import Clock
-from exporter.config import Config, ConfigError, load_config
+from exporter.config import Config, ConfigError, load_config, split_listen_address
 from exporter.logs import RedactMalformedRequests
 from exporter.proxy.metrics import ProxyMetrics
 from exporter.proxy.pricing import PriceTable, PricingError
 from exporter.proxy.server import KEEPALIVE_TIMEOUT, Proxy
 from exporter.web.pages import make_web_app
-from exporter.web.status import AccountStatus
+from exporter.web.status import AccountStatus, ReloadResult
 
 if TYPE_CHECKING:
     from exporter.web.listener import LiveWebConfig
@@ -68,9 +69,47 @@ def load_all(
 Loader = Callable[[], tuple[Config, PriceTable]]
 
 
-def split_listen_address(address: str) -> tuple[str | None, int]:
-    host, _, port = address.rpartition(":")
-    return (host.strip("[]") or None), int(port)
+# Settings fixed when the listeners start: a reload checks them but cannot apply them.
+_RESTART_SETTINGS = (
+    ("web", "listen_address"),
+    ("web", "shutdown_timeout"),
+    ("proxy", "enabled"),
+    ("proxy", "listen_address"),
+)
+
+
+def restart_needed(running: Config, loaded: Config) -> tuple[str, ...]:
+    """One note per setting that changed but only takes effect on restart."""
+    notes = []
+    for section, name in _RESTART_SETTINGS:
+        old = getattr(getattr(running, section), name)
+        new = getattr(getattr(loaded, section), name)
+        if old != new:
+            notes.append(
+                f"{section}.{name} changed from {old!r} to {new!r}: takes effect on restart"
+            )
+    return tuple(notes)
+
+
+class ListenError(Exception):
+    """A listener that cannot bind, phrased as one line naming the setting and the address."""
+
+
+def _bind_error(flag: str, key: str, address: str, err: OSError) -> ListenError:
+    # asyncio wraps the reason in "error while attempting to bind on address (...)".
+    reason = os.strerror(err.errno) if err.errno else str(err)
+    return ListenError(f"cannot listen on {address} ({flag}, {key}): {reason.lower()}")
+
+
+def listener_description(scheme: str, host: str | None, port: int) -> tuple[str, str]:
+    """(what the log says, a URL to reach it): ``:9402`` listens on every address, so the log
+    says so, while the URL names loopback; IPv6 literals go in brackets."""
+    everywhere = host in (None, "", "0.0.0.0", "::")
+    shown = "127.0.0.1" if everywhere else host
+    assert shown is not None
+    url = f"{scheme}://{f'[{shown}]' if ':' in shown else shown}:{port}"
+    where = f"every address, port {port}" if everywhere else url.split("://", 1)[1]
+    return where, url
 
 
 class Exporter:
@@ -135,6 +174,9 @@ class Exporter:
         self._reload_lock = asyncio.Lock()
         self.web_url: str | None = None
         self.proxy_url: str | None = None
+        self.listening: dict[str, str] = {}  # URL -> what the log says (every address, ...)
+        # Account -> key, shown on the status page: only the demo's fixed, fake keys, never real.
+        self.demo_keys: dict[str, str] = {}
 
     @property
     def ready(self) -> bool:
@@ -175,17 +217,21 @@ class Exporter:
                 )
         return rows
 
-    async def reload(self) -> str | None:
-        """Reload the config file; on error keep the running config and return the error."""
+    async def reload(self) -> ReloadResult:
+        """Reload the config file; on error keep the running config and say why. What a reload
+        cannot apply (listeners, the shutdown timeout) is named in the result's notes."""
         async with self._reload_lock:
             if self.loader is None:
-                return "this exporter was not started from a configuration file"
+                note = "Nothing to reload: the demo runs without a configuration file."
+                log.info("config reload: %s", note)
+                return ReloadResult(notes=(note,), reloaded=False)
             try:
                 config, prices = self.loader()
             except ConfigError as err:
                 self._reload_ok.set(0)
                 log.error("config reload failed, keeping the running config: %s", err)
-                return str(err)
+                return ReloadResult(error=str(err))
+            notes = restart_needed(self.config, config)
             self.config, self.prices = config, prices
             self._reload_web_configs(config)
             self.poller.reconfigure(config.deepseek, config.balance, config.accounts)
@@ -194,12 +240,14 @@ class Exporter:
             self._reload_ok.set(1)
             self._reload_time.set(self.clock())
             log.info("config reloaded: %d account(s)", len(config.accounts))
+            for note in notes:
+                log.warning("config reload: %s", note)
             # Newly added accounts are polled right away instead of one interval later.
             if self.poller.enabled:
                 await self.poller.poll_once()
                 if self._poll_task is not None and self._poll_task.done():
                     self._poll_task = asyncio.create_task(self.poller.run(), name="balance-poller")
-            return None
+            return ReloadResult(notes=notes)
 
     def _web_config_loaded(self, listener: str, ok: bool) -> None:
         self._web_config_ok.labels(listener).set(1 if ok else 0)
@@ -264,29 +312,40 @@ class Exporter:
             site = web.TCPSite(runner, host, port, reuse_address=True)
         await site.start()
         scheme = "https" if live is not None and live.tls else "http"
-        shown = host if host not in (None, "0.0.0.0", "::") else "127.0.0.1"
-        return f"{scheme}://{shown}:{runner.addresses[0][1]}"
+        where, url = listener_description(scheme, host, runner.addresses[0][1])
+        self.listening[url] = where
+        return url
 
     async def start(self) -> None:
-        """Bind the listeners and start polling; a listener that cannot bind raises OSError,
+        """Bind the listeners and start polling; a listener that cannot bind raises ListenError,
         a web config that does not load raises ConfigError."""
-        self.web_url = await self._serve(
-            lambda middlewares: make_web_app(self, middlewares),
-            self.config.web.listen_address,
-            self.config.web.config_file,
-            "web",
-        )
-        log.info("metrics listener on %s", self.web_url)
+        address = self.config.web.listen_address
+        try:
+            self.web_url = await self._serve(
+                lambda middlewares: make_web_app(self, middlewares),
+                address,
+                self.config.web.config_file,
+                "web",
+            )
+        except OSError as err:
+            raise _bind_error("--web.listen-address", "web.listen_address", address, err) from None
+        log.info("metrics listener on %s: %s", self.listening[self.web_url], self.web_url)
         if self.config.proxy.enabled:
             await self.proxy.open()
-            self.proxy_url = await self._serve(
-                self.proxy.make_server,
-                self.config.proxy.listen_address,
-                self.config.proxy.web_config_file,
-                "proxy",
-            )
+            address = self.config.proxy.listen_address
+            try:
+                self.proxy_url = await self._serve(
+                    self.proxy.make_server,
+                    address,
+                    self.config.proxy.web_config_file,
+                    "proxy",
+                )
+            except OSError as err:
+                flag, key = "--proxy.listen-address", "proxy.listen_address"
+                raise _bind_error(flag, key, address, err) from None
             log.info(
-                "proxy listener on %s, forwarding to %s",
+                "proxy listener on %s: %s, forwarding to %s",
+                self.listening[self.proxy_url],
                 self.proxy_url,
                 self.config.deepseek.base_url,
             )
@@ -319,8 +378,8 @@ async def serve(exporter: Exporter) -> int:
     """Run until SIGTERM or SIGINT; SIGHUP reloads the configuration."""
     try:
         await exporter.start()
-    except OSError as err:
-        log.error("cannot listen: %s", err)
+    except ListenError as err:
+        log.error("%s", err)
         await exporter.stop()
         return 1
     except ConfigError as err:  # a web config that does not load (also under --demo)

@@ -1,4 +1,11 @@
-"""Command line: `deepseek-exporter` serves, `balance` checks once, `simulate` fakes the API."""
+"""Command line: `deepseek-exporter` serves, `balance` checks once, `simulate` fakes the API.
+
+No flag is ever dropped or ignored. Every flag is accepted before and after a command and means
+the same in both places; a flag given twice, a flag that does not apply to the command, or two
+flags that make no sense together are refused with one line, and every bad value is named with
+its flag (``--web.listen-address: "http://localhost:9402" is not host:port``). Values are checked
+by the same parsers the configuration file uses. Usage errors exit 2.
+"""
 
 from __future__ import annotations
 
@@ -7,140 +14,419 @@ import asyncio
 import functools
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
 
 from exporter import __version__
 from exporter.app import create_app, load_all, serve
-from exporter.config import ConfigError
+from exporter.config import (
+    ConfigError,
+    parse_duration,
+    parse_external_url,
+    parse_listen_address,
+    parse_url,
+    quote,
+)
 from exporter.logs import LEVELS, setup_logging
 
 log = logging.getLogger("exporter")
 
+PROG = "deepseek-exporter"
+EXIT_USAGE = 2
+SERVE, BALANCE, SIMULATE = "serve", "balance", "simulate"
+# Where a flag given after a command lands in the namespace, to tell it from one given before.
+AFTER = "after_"
 
-def _common_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+
+class UsageError(Exception):
+    """A command line that cannot be run as typed; the message is one line."""
+
+
+def _one_of(choices: Sequence[str]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"{quote(text)} is not one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+def _existing_file(text: str) -> str:
+    path = Path(text)
+    if not path.exists():
+        raise ValueError(f"{quote(text)}: no such file")
+    if not path.is_file():
+        raise ValueError(f"{quote(text)} is not a file")
+    return text
+
+
+def _listen_address(text: str) -> str:
+    parse_listen_address(text)
+    return text
+
+
+def _duration(text: str) -> str:
+    parse_duration(text)
+    return text
+
+
+@dataclass(frozen=True)
+class Flag:
+    name: str
+    help: str
+    commands: frozenset[str]
+    metavar: str | None = None  # None: a switch that takes no value
+    parse: Callable[[str], Any] | None = None  # raises ValueError naming the value
+    default: Any = None
+
+    @property
+    def dest(self) -> str:
+        return self.name.lstrip("-").replace(".", "_").replace("-", "_")
+
+
+_EVERYWHERE = frozenset({SERVE, BALANCE, SIMULATE})
+_READERS = frozenset({SERVE, BALANCE})  # the commands that read the configuration
+_SERVER = frozenset({SERVE})
+
+FLAGS: tuple[Flag, ...] = (
+    Flag(
         "--config.file",
-        dest="config_file",
-        metavar="FILE",
-        help="YAML configuration file (default: one account from $DEEPSEEK_API_KEY)",
-    )
-    parser.add_argument(
+        "YAML configuration file (default: one account named default from $DEEPSEEK_API_KEY)",
+        _READERS,
+        "FILE",
+        _existing_file,
+    ),
+    Flag(
+        "--config.check",
+        "validate the configuration (and the files it names) and exit: 0 valid, 1 not",
+        _SERVER,
+    ),
+    Flag(
         "--deepseek.base-url",
-        dest="deepseek_base_url",
-        metavar="URL",
-        help="DeepSeek API base URL (overrides deepseek.base_url)",
-    )
-    parser.add_argument("--log.level", dest="log_level", choices=LEVELS, default="info")
-    parser.add_argument(
-        "--log.format", dest="log_format", choices=("logfmt", "json"), default="logfmt"
-    )
+        "DeepSeek API base URL (default https://api.deepseek.com; overrides deepseek.base_url)",
+        _READERS,
+        "URL",
+        parse_url,
+    ),
+    Flag(
+        "--web.listen-address",
+        "metrics listener, host:port; :port listens on every address (default :9402)",
+        _SERVER,
+        "ADDR",
+        _listen_address,
+    ),
+    Flag(
+        "--web.config.file",
+        "exporter-toolkit web config file (TLS, basic auth) for the metrics listener",
+        _SERVER,
+        "FILE",
+        _existing_file,
+    ),
+    Flag(
+        "--web.shutdown-timeout",
+        "how long in-flight requests may finish after SIGTERM (default 30s)",
+        _SERVER,
+        "DURATION",
+        _duration,
+    ),
+    Flag(
+        "--web.external-url",
+        "the URL people and Alertmanager reach this exporter at, e.g. behind a proxy "
+        "(https://deepseek-exporter.example.com); the alerts' runbook links start with it",
+        _SERVER,
+        "URL",
+        parse_external_url,
+    ),
+    Flag(
+        "--proxy.listen-address",
+        "metering proxy listener, host:port; :port listens on every address (default :8402)",
+        _SERVER,
+        "ADDR",
+        _listen_address,
+    ),
+    Flag(
+        "--log.level",
+        "only log messages of this level or above: debug, info, warn, error (default info)",
+        _EVERYWHERE,
+        "LEVEL",
+        _one_of(LEVELS),
+        "info",
+    ),
+    Flag(
+        "--log.format",
+        "log line format: logfmt or json (default logfmt)",
+        _EVERYWHERE,
+        "FORMAT",
+        _one_of(("logfmt", "json")),
+        "logfmt",
+    ),
+    Flag(
+        "--demo",
+        "run against a built-in simulated DeepSeek API with two demo accounts whose keys "
+        "(sk-demo-steady, sk-demo-draining) your own code can use through the proxy",
+        _SERVER,
+    ),
+    Flag(
+        "--demo.simulator-address",
+        "with --demo: where the simulated API listens (default: a free loopback port)",
+        _SERVER,
+        "ADDR",
+        _listen_address,
+    ),
+    Flag(
+        "--listen-address",
+        "simulate: where the simulated API listens, host:port (default 127.0.0.1:8080; "
+        ":port or 0.0.0.0:port exposes its unauthenticated control endpoints to the network)",
+        frozenset({SIMULATE}),
+        "ADDR",
+        _listen_address,
+        "127.0.0.1:8080",
+    ),
+)
+FLAG_BY_DEST = {flag.dest: flag for flag in FLAGS}
+
+# Flags that cannot be combined, with the reason given to the user.
+CONFLICTS: tuple[tuple[str, str, str], ...] = (
+    ("--demo", "--config.file", "the demo brings its own accounts"),
+    ("--demo", "--config.check", "the demo has no configuration to check"),
+    ("--demo", "--deepseek.base-url", "the demo talks to its own simulated API"),
+)
+# A flag that means something only together with another.
+REQUIRES: tuple[tuple[str, str], ...] = (("--demo.simulator-address", "--demo"),)
+# Near misses worth a hint when a flag does not apply to a command.
+HINTS = {
+    (SERVE, "--listen-address"): "--web.listen-address",
+    (SIMULATE, "--web.listen-address"): "--listen-address",
+}
+
+DESCRIPTIONS = {
+    SERVE: "Prometheus exporter and metering proxy for DeepSeek API accounts.",
+    BALANCE: "Poll every configured account's balance once and print a table: for cron jobs, "
+    'and for "is my key working again after a top-up?".',
+    SIMULATE: "Serve a simulated DeepSeek API on its own, with four demo accounts (keys "
+    '"sk-sim-" + account name) and unauthenticated test-only control endpoints under '
+    "/_simulator/. It listens on loopback unless told otherwise.",
+}
+EPILOGS = {
+    SERVE: "commands (each has --help):\n"
+    "  balance    poll every account once, print a table, exit 0 ok / 1 low / 2 error\n"
+    "  simulate   serve the simulated DeepSeek API on its own\n\n"
+    "Flags work before and after a command. Without DEEPSEEK_API_KEY or --config.file there\n"
+    "is nothing to watch: try --demo. Exit status: 0 after a clean shutdown, 1 when the\n"
+    "configuration is refused or a listener cannot bind, 2 for a bad command line.",
+    BALANCE: "exit status:\n"
+    "  0  every account is available and at or above its low_balance_threshold\n"
+    "  1  an account is low (under its threshold) or unavailable (cannot pay for calls)\n"
+    "  2  a poll failed (bad key, network, bad reply), or a bad configuration or command line\n\n"
+    "example:\n"
+    "  deepseek-exporter balance --config.file=deepseek.yml\n"
+    "  ACCOUNT  CURRENCY  TOTAL   GRANTED  TOPPED_UP  AVAILABLE  STATUS\n"
+    "  prod     CNY       110.00  10.00    100.00     yes        ok",
+    SIMULATE: "exit status: 0 after SIGINT or SIGTERM, 1 when it cannot listen, "
+    "2 for a bad command line.",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with every complaint turned into one line that names the flag."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(_rephrase(message))
+
+
+def _rephrase(message: str) -> str:
+    if message.startswith("argument "):
+        flag, _, problem = message.removeprefix("argument ").partition(": ")
+        flag = flag.split("/")[0]
+        if problem == "expected one argument":
+            return f"{flag}: needs a value"
+        if flag == "COMMAND" and "invalid choice" in problem:
+            given = problem.split("'")[1] if "'" in problem else problem
+            return f'unknown command "{given}" (commands: {BALANCE}, {SIMULATE})'
+        return f"{flag}: {problem}"
+    if message.startswith("unrecognized arguments: "):
+        first = message.removeprefix("unrecognized arguments: ").split()[0]
+        if first.startswith("-"):
+            return f"unknown flag {first.split('=')[0]} (see --help)"
+        return f'unexpected argument "{first}" (see --help)'
+    return message
+
+
+class _Once(argparse.Action):
+    """Stores a flag's value, converted by its parser; refuses the flag a second time."""
+
+    def __init__(self, *args: Any, flag: Flag, **kwargs: Any) -> None:
+        self.flag = flag
+        super().__init__(*args, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        if hasattr(namespace, self.dest):
+            raise UsageError(f"{self.flag.name}: given twice")
+        if self.flag.metavar is None:
+            setattr(namespace, self.dest, True)
+            return
+        try:
+            self.flag.parse(values) if self.flag.parse else None
+        except ValueError as err:
+            raise UsageError(f"{self.flag.name}: {err}") from None
+        setattr(namespace, self.dest, values)
+
+
+def _add_flags(parser: argparse.ArgumentParser, command: str, prefix: str) -> None:
+    for flag in FLAGS:
+        shown = command in flag.commands
+        options: dict[str, Any] = {
+            "dest": prefix + flag.dest,
+            "default": argparse.SUPPRESS,
+            "help": flag.help if shown else argparse.SUPPRESS,
+            "action": _Once,
+            "flag": flag,
+        }
+        if flag.metavar is None:
+            options["nargs"] = 0
+        else:
+            options["metavar"] = flag.metavar
+        parser.add_argument(flag.name, **options)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="deepseek-exporter",
-        description="Prometheus exporter and metering proxy for DeepSeek API accounts.",
+    parser = _Parser(
+        prog=PROG,
+        description=DESCRIPTIONS[SERVE],
+        epilog=EPILOGS[SERVE],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
-    parser.add_argument("--version", action="version", version=f"deepseek-exporter {__version__}")
-    _common_flags(parser)
-    parser.add_argument(
-        "--config.check",
-        dest="config_check",
-        action="store_true",
-        help="validate the configuration and exit",
-    )
-    parser.add_argument(
-        "--web.listen-address",
-        dest="web_listen_address",
-        metavar="ADDR",
-        help="metrics listener, host:port (default :9402)",
-    )
-    parser.add_argument(
-        "--web.config.file",
-        dest="web_config_file",
-        metavar="FILE",
-        help="exporter-toolkit web config (TLS, basic auth) for the metrics listener",
-    )
-    parser.add_argument(
-        "--web.shutdown-timeout",
-        dest="web_shutdown_timeout",
-        metavar="DURATION",
-        help="how long in-flight requests may finish after SIGTERM (default 30s)",
-    )
-    parser.add_argument(
-        "--proxy.listen-address",
-        dest="proxy_listen_address",
-        metavar="ADDR",
-        help="metering proxy listener, host:port (default :8402)",
-    )
-    parser.add_argument(
-        "--demo",
-        action="store_true",
-        help="run against a built-in simulated DeepSeek API with demo accounts",
-    )
-    parser.add_argument(
-        "--demo.simulator-address",
-        dest="demo_simulator_address",
-        metavar="ADDR",
-        default="127.0.0.1:0",
-        help="where the demo's simulated API listens (default: a free loopback port)",
-    )
-
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    balance = commands.add_parser(
-        "balance",
-        help="poll every account once, print a table, exit 0 ok / 1 low or unavailable / 2 error",
-    )
-    _common_flags(balance)
-    simulate = commands.add_parser("simulate", help="serve the simulated DeepSeek API on its own")
-    simulate.add_argument("--listen-address", default="127.0.0.1:8080", metavar="ADDR")
-    simulate.add_argument("--log.level", dest="log_level", choices=LEVELS, default="info")
-    simulate.add_argument(
-        "--log.format", dest="log_format", choices=("logfmt", "json"), default="logfmt"
-    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    _add_flags(parser, SERVE, "")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for command in (BALANCE, SIMULATE):
+        sub = commands.add_parser(
+            command,
+            help=DESCRIPTIONS[command],
+            description=DESCRIPTIONS[command],
+            epilog=EPILOGS[command],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            allow_abbrev=False,
+        )
+        _add_flags(sub, command, AFTER)
     return parser
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, str | None]:
-    names = (
-        "deepseek_base_url",
-        "web_listen_address",
-        "proxy_listen_address",
-        "web_config_file",
-        "web_shutdown_timeout",
-    )
-    return {name: getattr(args, name, None) for name in names}
+@dataclass(frozen=True)
+class Invocation:
+    """A command line that passed every check: the command and each flag's value."""
+
+    command: str
+    given: dict[str, Any]  # dest -> value, only the flags on the command line
+
+    def get(self, dest: str) -> Any:
+        return self.given.get(dest, FLAG_BY_DEST[dest].default)
+
+    def has(self, dest: str) -> bool:
+        return dest in self.given
+
+
+def _refuse_unknown_flags(argv: Sequence[str]) -> None:
+    """argparse would take ``--conf x`` for an unknown command "x"; name the flag instead."""
+    known = {flag.name for flag in FLAGS} | {"-h", "--help", "--version"}
+    for arg in argv:
+        if arg == "--":
+            return
+        if arg.startswith("-") and arg.split("=", 1)[0] not in known:
+            raise UsageError(f"unknown flag {arg.split('=', 1)[0]} (see --help)")
+
+
+def parse_command_line(argv: Sequence[str] | None) -> Invocation:
+    """Parse and check a command line; raise UsageError with one line."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    _refuse_unknown_flags(argv)
+    namespace = build_parser().parse_args(argv)
+    command = getattr(namespace, "command", None) or SERVE
+    given: dict[str, Any] = {}
+    for flag in FLAGS:
+        before, after = flag.dest, AFTER + flag.dest
+        if hasattr(namespace, before) and hasattr(namespace, after):
+            raise UsageError(f"{flag.name}: given twice (before and after {command})")
+        for dest in (before, after):
+            if hasattr(namespace, dest):
+                given[flag.dest] = getattr(namespace, dest)
+        if flag.dest in given and command not in flag.commands:
+            where = "without a command" if command == SERVE else f"to {command}"
+            hint = HINTS.get((command, flag.name))
+            raise UsageError(
+                f"{flag.name} does not apply {where}" + (f": did you mean {hint}?" if hint else "")
+            )
+    names = {FLAG_BY_DEST[dest].name for dest in given}
+    for first, second, reason in CONFLICTS:
+        if first in names and second in names:
+            raise UsageError(f"{first} and {second} cannot be used together: {reason}")
+    for flag, needed in REQUIRES:
+        if flag in names and needed not in names:
+            raise UsageError(f"{flag} needs {needed}")
+    return Invocation(command, given)
+
+
+_OVERRIDES = (
+    "deepseek_base_url",
+    "web_listen_address",
+    "proxy_listen_address",
+    "web_config_file",
+    "web_shutdown_timeout",
+    "web_external_url",
+)
+
+
+def _overrides(invocation: Invocation) -> dict[str, str | None]:
+    return {dest: invocation.given.get(dest) for dest in _OVERRIDES}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.log_level, args.log_format)
-    if args.command == "simulate":
-        from exporter.app import split_listen_address
-        from exporter.simulator import run_standalone
+    try:
+        invocation = parse_command_line(argv)
+    except UsageError as err:
+        print(f"{PROG}: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    setup_logging(invocation.get("log_level"), invocation.get("log_format"))
+    if invocation.command == SIMULATE:
+        from exporter.simulator.standalone import main as simulate
 
-        host, port = split_listen_address(args.listen_address)
-        run_standalone(host or "0.0.0.0", port)
-        return 0
-    if getattr(args, "demo", False):
+        return simulate(invocation.get("listen_address"), flag="--listen-address")
+    if invocation.has("demo"):
         from exporter.demo import run_demo
 
-        return asyncio.run(run_demo(args.demo_simulator_address, _overrides(args)))
+        return asyncio.run(
+            run_demo(
+                invocation.get("demo_simulator_address") or "127.0.0.1:0", _overrides(invocation)
+            )
+        )
+    config_file = invocation.get("config_file")
     try:
-        config, prices = load_all(args.config_file, overrides=_overrides(args))
+        config, prices = load_all(config_file, overrides=_overrides(invocation))
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 1
-    if args.command == "balance":
+    if invocation.command == BALANCE:
         from exporter.balance.check import check_balances
 
         return asyncio.run(check_balances(config))
-    if args.config_check:
+    if not config.accounts:
+        print(
+            "config error: no accounts: set DEEPSEEK_API_KEY, list accounts in --config.file, "
+            "or try --demo",
+            file=sys.stderr,
+        )
+        return 1
+    if invocation.has("config_check"):
         print(f"config OK: {len(config.accounts)} account(s)")
         return 0
-    if not config.accounts:
-        log.warning(
-            "no accounts configured: set DEEPSEEK_API_KEY, use --config.file, or try --demo"
-        )
-    loader = functools.partial(load_all, args.config_file, None, _overrides(args))
+    loader = functools.partial(load_all, config_file, None, _overrides(invocation))
     return asyncio.run(serve(create_app(config, loader=loader, prices=prices)))

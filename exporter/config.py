@@ -7,6 +7,8 @@ key``), in the spirit of blackbox_exporter: a config that is not understood is n
 from __future__ import annotations
 
 import hashlib
+import ipaddress
+import json
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -20,8 +22,15 @@ import yaml
 DEFAULT_BASE_URL = "https://api.deepseek.com"
 ACCOUNT_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]+$")
 CURRENCIES = ("CNY", "USD")
-_DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?$")
-_DURATION_UNITS = (86400.0, 3600.0, 60.0, 1.0, 0.001)
+# Prometheus's duration syntax (common/model ParseDuration): units in decreasing order, or "0".
+_DURATION_RE = re.compile(
+    r"^(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?$"
+)
+_DURATION_UNITS = (365 * 86400.0, 7 * 86400.0, 86400.0, 3600.0, 60.0, 1.0, 0.001)
+_HOSTNAME_RE = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+)
 
 
 class ConfigError(Exception):
@@ -102,6 +111,9 @@ class WebConfig:
     listen_address: str = ":9402"
     config_file: Path | None = None
     shutdown_timeout: float = 30.0
+    # Where people and Alertmanager reach the exporter (behind a proxy, a Service, an Ingress);
+    # None: the address Prometheus scrapes. The alerts' runbook links start with it.
+    external_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -126,21 +138,60 @@ class Config:
 
 
 def parse_duration(text: str) -> float:
-    """Prometheus-style duration (``500ms``, ``10s``, ``5m``, ``1h30m``, ``1d``) in seconds."""
+    """A Prometheus duration in seconds: ``0``, or units in decreasing order from ``y``, ``w``,
+    ``d``, ``h``, ``m``, ``s``, ``ms`` (``500ms``, ``10s``, ``1h30m``, ``2w``, ``1y``)."""
+    if text == "0":
+        return 0.0
     match = _DURATION_RE.match(text) if text else None
     if not match or not any(match.groups()):
-        raise ValueError(f"not a duration: {text!r} (use e.g. 500ms, 10s, 5m, 6h, 1d)")
+        raise ValueError(
+            f"{quote(text)} is not a duration (use e.g. 0, 500ms, 10s, 5m, 6h, 1d, 1w)"
+        )
     try:
         return sum(
             int(g) * unit for g, unit in zip(match.groups(), _DURATION_UNITS, strict=True) if g
         )
     except OverflowError:  # more digits than a float holds
-        raise ValueError(f"not a duration: {text[:40]!r}... (too large)") from None
+        raise ValueError(f"{quote(text)} is not a duration (too large)") from None
+
+
+def parse_listen_address(text: str) -> tuple[str | None, int]:
+    """``host:port``, ``:port`` (every address) or ``[ipv6]:port``, as (host or None, port)."""
+    hint = f"{quote(text)} is not host:port (e.g. :9402, 127.0.0.1:9402, [::1]:9402)"
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isascii() or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(hint)
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ValueError(hint) from None
+        return host[1:-1], int(port)
+    if host and not _HOSTNAME_RE.match(host):
+        raise ValueError(hint)
+    return host or None, int(port)
+
+
+def split_listen_address(address: str) -> tuple[str | None, int]:
+    """An address already checked by :func:`parse_listen_address`, split into host and port."""
+    return parse_listen_address(address)
+
+
+def quote(text: str) -> str:
+    """A value quoted for an error message, cut short and on one line (JSON escapes the control
+    characters; the three other line breaks ``str.splitlines`` knows are escaped too)."""
+    shown = json.dumps(text if len(text) <= 60 else text[:60] + "...", ensure_ascii=False)
+    return shown.translate(_LINE_BREAKS)
+
+
+_LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
 
 
 def _duration(
     path: str, value: Any, minimum: float | None = None, allow_zero: bool = False
 ) -> float:
+    if value == 0 and not isinstance(value, bool):
+        value = "0"  # YAML reads a bare 0 as a number; Prometheus takes it as a duration
     if not isinstance(value, str):
         raise ConfigError(f"{path}: must be a duration string such as 10s, got {_kind(value)}")
     try:
@@ -186,18 +237,36 @@ def _amount(path: str, value: Any) -> Decimal:
     return amount
 
 
-def _url(path: str, value: Any) -> str:
+def parse_url(text: str) -> str:
+    """An http:// or https:// URL, without a trailing slash."""
+    if not re.match(r"^https?://[^/\s]+", text) or any(c.isspace() for c in text):
+        raise ValueError(f"{quote(text)} is not an http:// or https:// URL")
+    return text.rstrip("/")
+
+
+def parse_external_url(text: str) -> str:
+    """The URL the exporter is reached at from outside: scheme, host, optional port and path;
+    no query or fragment (paths are appended to it)."""
+    url = parse_url(text)
+    if "?" in url or "#" in url:
+        raise ValueError(f"{quote(text)} is not a base URL: no ? or # allowed")
+    return url
+
+
+def _url(path: str, value: Any, parse: Callable[[str], str] = parse_url) -> str:
     url = _string(path, value)
-    if not re.match(r"^https?://[^/\s]+", url):
-        raise ConfigError(f"{path}: must be an http:// or https:// URL, got {url!r}")
-    return url.rstrip("/")
+    try:
+        return parse(url)
+    except ValueError as err:
+        raise ConfigError(f"{path}: {err}") from None
 
 
 def _listen_address(path: str, value: Any) -> str:
     address = _string(path, value)
-    _host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"{path}: must be host:port or :port, got {address!r}")
+    try:
+        parse_listen_address(address)
+    except ValueError as err:
+        raise ConfigError(f"{path}: {err}") from None
     return address
 
 
@@ -340,13 +409,20 @@ def _build(raw: Any, environ: Mapping[str, str], base_dir: Path) -> Config:
         if other != account.name:
             raise ConfigError(f"accounts[{i}]: uses the same API key as account {other!r}")
 
-    web_raw = _mapping("web", top.get("web"), {"listen_address", "config_file", "shutdown_timeout"})
+    web_raw = _mapping(
+        "web", top.get("web"), {"listen_address", "config_file", "shutdown_timeout", "external_url"}
+    )
     web = WebConfig(
         listen_address=_listen_address(
             "web.listen_address", web_raw.get("listen_address", ":9402")
         ),
         config_file=_optional_file("web.config_file", web_raw.get("config_file"), base_dir),
-        shutdown_timeout=_duration("web.shutdown_timeout", web_raw.get("shutdown_timeout", "30s")),
+        shutdown_timeout=_duration(
+            "web.shutdown_timeout", web_raw.get("shutdown_timeout", "30s"), allow_zero=True
+        ),
+        external_url=None
+        if web_raw.get("external_url") is None
+        else _url("web.external_url", web_raw["external_url"], parse_external_url),
     )
 
     px = _mapping(
@@ -404,7 +480,12 @@ FLAG_OVERRIDES: dict[str, Override] = {
     "web_listen_address": _override("web", "listen_address", _listen_address),
     "proxy_listen_address": _override("proxy", "listen_address", _listen_address),
     "web_config_file": _override("web", "config_file", lambda p, v: _optional_file(p, v, Path())),
-    "web_shutdown_timeout": _override("web", "shutdown_timeout", _duration),
+    "web_shutdown_timeout": _override(
+        "web", "shutdown_timeout", lambda p, v: _duration(p, v, allow_zero=True)
+    ),
+    "web_external_url": _override(
+        "web", "external_url", lambda p, v: _url(p, v, parse_external_url)
+    ),
 }
 
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from decimal import Decimal
 
-from exporter.app import create_app, serve, split_listen_address
+from exporter.app import create_app, serve
 from exporter.config import (
     FLAG_OVERRIDES,
     AccountConfig,
@@ -23,9 +23,17 @@ from exporter.config import (
     Config,
     DeepSeekConfig,
     Secret,
+    split_listen_address,
 )
 from exporter.simulator import SimAccount, Simulator
-from exporter.simulator.workload import DRAINING, STEADY, run_workload, workload_accounts
+from exporter.simulator.workload import (
+    DEMO_KEYS,
+    DRAINING,
+    STEADY,
+    run_workload,
+    workload_accounts,
+)
+from exporter.web import snippets
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +45,18 @@ def demo_config(
         deepseek=DeepSeekConfig(base_url=base_url, timeout=5.0),
         balance=BalanceConfig(poll_interval=10.0, max_staleness=60.0, forecast_window=6 * 3600.0),
         accounts=(
-            AccountConfig(STEADY, Secret(accounts[0].api_key), low_balance_threshold=Decimal("20")),
+            # A currency each, so that a request is costed even before the first poll.
             AccountConfig(
-                DRAINING, Secret(accounts[1].api_key), low_balance_threshold=Decimal("0.50")
+                STEADY,
+                Secret(accounts[0].api_key),
+                low_balance_threshold=Decimal("20"),
+                currency="CNY",
+            ),
+            AccountConfig(
+                DRAINING,
+                Secret(accounts[1].api_key),
+                low_balance_threshold=Decimal("0.50"),
+                currency="USD",
             ),
         ),
     )
@@ -56,13 +73,13 @@ async def run_demo(simulator_address: str, overrides: Mapping[str, str | None]) 
     base_url = await simulator.start(host or "127.0.0.1", port)
     log.info("demo: simulated DeepSeek API on %s (test-only control under /_simulator/)", base_url)
     exporter = create_app(demo_config(base_url, accounts, overrides))
+    exporter.demo_keys = dict(DEMO_KEYS)
 
     async def workload() -> None:
-        while exporter.proxy_url is None:
+        while exporter.proxy_url is None or exporter.web_url is None:
             await asyncio.sleep(0.05)
-        url = f"{exporter.proxy_url}/chat/completions"
-        log.info("demo: metrics on %s/metrics, proxy on %s", exporter.web_url, exporter.proxy_url)
-        await run_workload(simulator, url, accounts)
+        print(banner(exporter.web_url, exporter.proxy_url), flush=True)
+        await run_workload(simulator, f"{exporter.proxy_url}/chat/completions", accounts)
 
     background = asyncio.create_task(workload())
     try:
@@ -72,3 +89,35 @@ async def run_demo(simulator_address: str, overrides: Mapping[str, str | None]) 
         with contextlib.suppress(asyncio.CancelledError):
             await background
         await simulator.stop()
+
+
+def banner(web_url: str, proxy_url: str) -> str:
+    """What the demo prints once it listens: where to look, the keys, snippets to paste."""
+    steady, draining = DEMO_KEYS[STEADY], DEMO_KEYS[DRAINING]
+    indent = "    "
+    return "\n".join(
+        [
+            "",
+            "deepseek-exporter demo: a simulated DeepSeek API with two demo accounts, no real key,",
+            "no network, nothing charged. Synthetic bots already call it through the proxy.",
+            "",
+            f"  status page  {web_url}/",
+            f"  metrics      {web_url}/metrics",
+            f"  proxy        {proxy_url}   (your app's base_url; nothing else changes)",
+            f"  demo keys    {steady}    account {STEADY}: spends slowly",
+            f"               {draining}  account {DRAINING}: runs dry within minutes, then 402",
+            f"  models       {', '.join(snippets.CURRENT_MODELS)} (deepseek-chat is retired: 400)",
+            "",
+            "Call it yourself (curl):",
+            "",
+            *(indent + line for line in snippets.curl(proxy_url, steady).splitlines()),
+            "",
+            "or with the openai Python SDK (pip install openai):",
+            "",
+            *(indent + line for line in snippets.python(proxy_url, steady).splitlines()),
+            "",
+            f"Your request shows up on the status page and in /metrics as account={STEADY},",
+            f"model={snippets.EXAMPLE_MODEL}, with its tokens and estimated cost.",
+            "",
+        ]
+    )

@@ -86,25 +86,46 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
     )
     assert config.deepseek.base_url == "http://b.example"
     assert config.web.listen_address == "127.0.0.1:2"
-    with pytest.raises(ConfigError, match=r"^deepseek.base_url: must be an http"):
+    with pytest.raises(ConfigError, match=r"^deepseek.base_url: \"ftp://x\" is not an http"):
         load_config(file, environ={}, overrides={"deepseek_base_url": "ftp://x"})
 
 
-def test_poll_interval_zero_disables_polling(tmp_path: Path) -> None:
+@pytest.mark.parametrize("zero", ["0s", "0", "'0'", "0ms"])
+def test_poll_interval_zero_disables_polling(tmp_path: Path, zero: str) -> None:
+    # The README says 0 disables polling: a bare 0 (a YAML number) is 0 too, as in Prometheus.
     file = tmp_path / "config.yml"
-    file.write_text("balance: {poll_interval: 0s}\n")
+    file.write_text(f"balance: {{poll_interval: {zero}}}\n")
     assert load_config(file, environ={}).balance.poll_interval == 0
+
+
+def test_durations_take_every_prometheus_unit(tmp_path: Path) -> None:
+    file = tmp_path / "config.yml"
+    file.write_text("balance: {poll_interval: 1h, max_staleness: 1w, forecast_window: 1y}\n")
+    balance = load_config(file, environ={}).balance
+    assert (balance.max_staleness, balance.forecast_window) == (7 * 86400, 365 * 86400)
 
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("500ms", 0.5), ("10s", 10), ("5m", 300), ("6h", 21600), ("1d", 86400), ("1h30m", 5400)],
+    [
+        ("500ms", 0.5),
+        ("10s", 10),
+        ("5m", 300),
+        ("6h", 21600),
+        ("1d", 86400),
+        ("1h30m", 5400),
+        ("0", 0),
+        ("0s", 0),
+        ("1w", 7 * 86400),
+        ("1y", 365 * 86400),
+        ("1y2w3d4h5m6s7ms", 365 * 86400 + 14 * 86400 + 3 * 86400 + 4 * 3600 + 5 * 60 + 6.007),
+    ],
 )
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "10", "1 m", "-5s", "1.5h", "5M", "s"])
+@pytest.mark.parametrize("text", ["", "10", "1 m", "-5s", "1.5h", "5M", "s", "1m1h", "1d1w", "00x"])
 def test_bad_durations(text: str) -> None:
     with pytest.raises(ValueError):
         parse_duration(text)

@@ -217,10 +217,11 @@ def assert_sound(result: Config | ConfigError) -> None:
         result.deepseek.timeout,
         result.balance.max_staleness,
         result.balance.forecast_window,
-        result.web.shutdown_timeout,
         result.proxy.timeout,
     ):
         assert math.isfinite(seconds) and seconds > 0
+    # 0: no grace period for requests in flight at SIGTERM.
+    assert math.isfinite(result.web.shutdown_timeout) and result.web.shutdown_timeout >= 0
     assert result.balance.poll_interval == 0 or result.balance.poll_interval >= 1
     assert result.proxy.max_body_bytes > 0
     names = [a.name for a in result.accounts]
@@ -294,16 +295,18 @@ def test_duration_parses_to_a_finite_non_negative_number_or_value_error(text: st
 
 @fuzz(200)
 @given(
-    st.tuples(*(st.one_of(st.none(), st.integers(0, 10**6)) for _ in range(5))).filter(
+    st.tuples(*(st.one_of(st.none(), st.integers(0, 10**6)) for _ in range(7))).filter(
         lambda parts: any(p is not None for p in parts)
     )
 )
 def test_duration_round_trip(parts: tuple[int | None, ...]) -> None:
-    units = ("d", "h", "m", "s", "ms")
+    units = ("y", "w", "d", "h", "m", "s", "ms")
     text = "".join(f"{n}{unit}" for n, unit in zip(parts, units, strict=True) if n is not None)
     expected = sum(
         Decimal(n) * Decimal(size)
-        for n, size in zip(parts, (86400, 3600, 60, 1, "0.001"), strict=True)
+        for n, size in zip(
+            parts, (365 * 86400, 7 * 86400, 86400, 3600, 60, 1, "0.001"), strict=True
+        )
         if n is not None
     )
     assert math.isclose(parse_duration(text), float(expected), rel_tol=1e-12)

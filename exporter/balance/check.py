@@ -18,7 +18,7 @@ async def check_balances(config: Config, out: TextIO = sys.stdout) -> int:
     if not config.accounts:
         print("no accounts configured (set DEEPSEEK_API_KEY or use --config.file)", file=out)
         return EXIT_ERROR
-    poller = BalancePoller(config.deepseek, config.balance, config.accounts)
+    poller = BalancePoller(config.deepseek, config.balance, config.accounts, log_failures=False)
     try:
         await poller.poll_once()
     finally:

@@ -68,8 +68,11 @@ class BalancePoller:
         *,
         clock: Clock = time.time,
         client: httpx.AsyncClient | None = None,
+        log_failures: bool = True,
     ) -> None:
         self.clock = clock
+        # The one-shot check prints failures in its table: a log line too would say it twice.
+        self.log_failures = log_failures
         self._client = client or httpx.AsyncClient(follow_redirects=False)
         self.states: dict[str, AccountState] = {}
         self.reconfigure(deepseek, balance, accounts)
@@ -117,6 +120,8 @@ class BalancePoller:
             )
         except PollError as error:
             state.record_failure(error, time.perf_counter() - started)
+            if not self.log_failures:
+                return
             log.warning(
                 "balance poll failed account=%s reason=%s error=%s",
                 state.account.name,

@@ -188,7 +188,7 @@ class Simulator:
             ControlApi(self.settings, self.ledger, self.fault_queue).add_routes(app)
         return app
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+    async def start(self, host: str | None = "127.0.0.1", port: int = 0) -> str:
         """Listen on ``host:port`` (0: any free port); returns the base URL."""
         if self._runner is not None:
             raise RuntimeError("simulator already started")

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
+import logging
+import os
 import signal
 import sys
 from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
+from exporter.config import parse_listen_address
 from exporter.simulator.records import SimAccount
 from exporter.simulator.server import Simulator
+
+log = logging.getLogger(__name__)
 
 
 def demo_accounts() -> list[SimAccount]:
@@ -33,7 +39,7 @@ def demo_accounts() -> list[SimAccount]:
 
 
 def run_standalone(
-    host: str = "127.0.0.1",
+    host: str | None = "127.0.0.1",
     port: int = 0,
     accounts: Iterable[SimAccount] | None = None,
     **options: Any,
@@ -66,17 +72,39 @@ def run_standalone(
         asyncio.run(serve())
 
 
-def main(listen_address: str = "127.0.0.1:8080") -> int:
+def main(listen_address: str = "127.0.0.1:8080", flag: str = "--listen-address") -> int:
     """``deepseek-exporter simulate --listen-address HOST:PORT``: serve the demo accounts.
-    ``:PORT`` listens on all interfaces, as Prometheus-style addresses do."""
-    host, sep, port_text = listen_address.rpartition(":")
-    host = host.strip("[]")  # [::1]:8080
-    if not sep or not port_text.isdigit() or int(port_text) > 65535:
-        print(f"invalid listen address {listen_address!r}: expected HOST:PORT", file=sys.stderr)
-        return 2
+
+    The address is checked like the exporter's own (``HOST:PORT``, ``[IPv6]:PORT``; ``:PORT``
+    means every address, as with Prometheus-style flags); each problem is one line naming
+    ``flag``. Exit 0 after SIGINT/SIGTERM, 1 when it cannot listen, 2 for a bad address."""
     try:
-        run_standalone(host or "0.0.0.0", int(port_text))
-    except OSError as exc:
-        print(f"cannot listen on {listen_address}: {exc}", file=sys.stderr)
+        host, port = parse_listen_address(listen_address)
+    except ValueError as err:
+        print(f"deepseek-exporter: {flag}: {err}", file=sys.stderr)
+        return 2
+    if host is None or not _is_loopback(host):
+        log.warning(
+            "simulator listening on %s: its /_simulator/ control endpoints are unauthenticated "
+            "and reachable from the network",
+            listen_address,
+        )
+    try:
+        run_standalone(host, port)
+    except OSError as err:
+        reason = (os.strerror(err.errno) if err.errno else str(err)).lower()
+        print(
+            f"deepseek-exporter: cannot listen on {listen_address} ({flag}): {reason}",
+            file=sys.stderr,
+        )
         return 1
     return 0
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

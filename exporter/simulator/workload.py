@@ -25,15 +25,16 @@ TOP_UP_AFTER = 300.0  # seconds the draining account stays dry before the demo t
 TOP_UP_AMOUNT = Decimal("1.50")
 
 
+# Fixed and plainly fake, so that a person can paste them into their own code: the demo prints
+# them and shows them on its status page. They open nothing but the demo's own simulator.
+DEMO_KEYS = {STEADY: "sk-demo-steady", DRAINING: "sk-demo-draining"}
+
+
 def workload_accounts() -> list[SimAccount]:
     """The accounts of the demo workload, ``STEADY`` then ``DRAINING``."""
-    # Keys are made up per run: nothing here is a real credential.
-    suffix = f"{random.getrandbits(32):08x}"
     return [
-        SimAccount(
-            STEADY, f"sk-demo-steady-{suffix}", {"CNY": (Decimal("10.00"), Decimal("100.00"))}
-        ),
-        SimAccount(DRAINING, f"sk-demo-draining-{suffix}", dict(DRAINING_START)),
+        SimAccount(STEADY, DEMO_KEYS[STEADY], {"CNY": (Decimal("10.00"), Decimal("100.00"))}),
+        SimAccount(DRAINING, DEMO_KEYS[DRAINING], dict(DRAINING_START)),
     ]
 
 

@@ -53,10 +53,11 @@ async def _ready(request: web.Request) -> web.Response:
 
 async def _reload(request: web.Request) -> web.Response:
     exporter = request.app[EXPORTER]
-    error = await exporter.reload()
-    if error:
-        return web.Response(status=500, text=f"failed to reload config: {error}\n")
-    return web.Response(text="Reloaded.\n")
+    result = await exporter.reload()
+    if result.error:
+        return web.Response(status=500, text=f"failed to reload config: {result.error}\n")
+    lines = ("Reloaded.", *result.notes) if result.reloaded else result.notes
+    return web.Response(text="".join(f"{line}\n" for line in lines))
 
 
 def _duration(seconds: float | None) -> str:

@@ -28,6 +28,16 @@ class AccountStatus:
     exhaustion_seconds: float | None = None  # +Inf when nothing is spent
 
 
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    """What a reload did: ``error`` when the new configuration was refused (the running one
+    stays); otherwise applied, with ``notes`` on what takes effect only on restart."""
+
+    error: str | None = None
+    notes: tuple[str, ...] = ()
+    reloaded: bool = True  # False: there was nothing to reload (the notes say why)
+
+
 class ExporterView(Protocol):
     """The exporter as the web layer sees it."""
 
@@ -41,6 +51,6 @@ class ExporterView(Protocol):
 
     def account_status(self) -> list[AccountStatus]: ...
 
-    async def reload(self) -> str | None:
-        """Reload the configuration; the error, or None when it was applied."""
+    async def reload(self) -> ReloadResult:
+        """Reload the configuration: applied (with notes), or refused with the error."""
         ...
