@@ -85,8 +85,9 @@ def restart_needed(running: Config, loaded: Config) -> tuple[str, ...]:
         old = getattr(getattr(running, section), name)
         new = getattr(getattr(loaded, section), name)
         if old != new:
+            shown = [f"{v:g}s" if isinstance(v, float) else repr(v) for v in (old, new)]
             notes.append(
-                f"{section}.{name} changed from {old!r} to {new!r}: takes effect on restart"
+                f"{section}.{name} changed from {shown[0]} to {shown[1]}: takes effect on restart"
             )
     return tuple(notes)
 
