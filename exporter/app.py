@@ -7,12 +7,15 @@ clock and configuration, and drive them directly.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import gc
 import logging
 import os
 import signal
 import time
 from collections.abc import Callable, Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,9 +31,15 @@ from exporter.config import Config, ConfigError, load_config, split_listen_addre
 from exporter.logs import RedactMalformedRequests
 from exporter.proxy.metrics import ProxyMetrics
 from exporter.proxy.pricing import PriceTable, PricingError
+from exporter.proxy.recent import RecentTraffic, read_totals
 from exporter.proxy.server import KEEPALIVE_TIMEOUT, Proxy
 from exporter.web.pages import make_web_app
-from exporter.web.status import AccountStatus, ReloadResult
+from exporter.web.status import (
+    AccountStatus,
+    ReloadResult,
+    TrafficCounts,
+    TrafficWindow,
+)
 
 if TYPE_CHECKING:
     from exporter.web.listener import LiveWebConfig
@@ -168,10 +177,12 @@ class Exporter:
         self.metrics = ProxyMetrics(self.registry)
         self.proxy = Proxy(config, self.metrics, self.prices, self.poller, clock=clock)
         self.metrics.init_accounts(config.accounts, self.prices.models)
+        self.recent = RecentTraffic(functools.partial(read_totals, self.metrics), clock)
 
         self._runners: list[web.BaseRunner] = []
         self._web_configs: dict[str, LiveWebConfig] = {}
         self._poll_task: asyncio.Task[None] | None = None
+        self._recent_task: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
         self.web_url: str | None = None
         self.proxy_url: str | None = None
@@ -192,12 +203,16 @@ class Exporter:
         window = self.config.balance.forecast_window
         rows: list[AccountStatus] = []
         for name, state in self.poller.states.items():
-            poll_state = "up" if state.up else ("down" if state.polled else "pending")
+            if not self.poller.enabled:
+                poll_state = "off"
+            else:
+                poll_state = "up" if state.up else ("down" if state.polled else "pending")
             common = {
                 "name": name,
                 "poll_state": poll_state,
                 "last_error": state.last_error,
                 "last_success": state.last_success,
+                "forecast_window": window,
             }
             fresh = state.is_fresh(now, self.config.balance.max_staleness)
             reply = state.last_reply if fresh else None
@@ -206,6 +221,7 @@ class Exporter:
                 continue
             for balance in reply.balances:
                 tracker = state.trackers[balance.currency]
+                history = state.history.get(balance.currency)
                 rows.append(
                     AccountStatus(
                         **common,
@@ -214,9 +230,40 @@ class Exporter:
                         available=reply.is_available,
                         burn_per_second=tracker.burn_rate(window, now),
                         exhaustion_seconds=tracker.exhaustion_seconds(window, now),
+                        threshold=state.account.low_balance_threshold,
+                        empty_since=history.empty_since if history else None,
                     )
                 )
         return rows
+
+    def balance_history(
+        self, account: str, currency: str, since: float
+    ) -> list[tuple[float, Decimal]]:
+        state = self.poller.states.get(account)
+        history = state.history.get(currency) if state is not None else None
+        return history.since(since) if history is not None else []
+
+    def traffic(self, since: float) -> TrafficWindow:
+        window = self.recent.since(since)
+        return TrafficWindow(
+            start=window.start,
+            by_account={
+                account: TrafficCounts(**dataclasses.asdict(totals))
+                for account, totals in window.by_account.items()
+            },
+        )
+
+    def proxy_url_for(self, host: str | None) -> str | None:
+        """On every address, the proxy is where the page was reached, at the proxy's port."""
+        if self.proxy_url is None:
+            return None
+        listen_host, _ = split_listen_address(self.config.proxy.listen_address)
+        if host is None or listen_host not in (None, "0.0.0.0", "::"):
+            return self.proxy_url
+        scheme, rest = self.proxy_url.split("://", 1)
+        port = rest.rsplit(":", 1)[1]
+        shown = f"[{host}]" if ":" in host else host
+        return f"{scheme}://{shown}:{port}"
 
     async def reload(self) -> ReloadResult:
         """Reload the config file; on error keep the running config and say why. What a reload
@@ -351,6 +398,7 @@ class Exporter:
                 self.config.deepseek.base_url,
             )
         self._poll_task = asyncio.create_task(self.poller.run(), name="balance-poller")
+        self._recent_task = asyncio.create_task(self.recent.run(), name="traffic-snapshots")
         # Start-up leaves ~55,000 long-lived objects (imports, price table) that every full
         # collection would walk again: 25-35 ms pauses that set the proxy's p99 under load
         # (docs/benchmarks.md). Freezing them takes them out of later collections.
@@ -359,9 +407,10 @@ class Exporter:
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish (up to the shutdown timeout), close."""
-        if self._poll_task is not None:
-            self._poll_task.cancel()
-            await asyncio.gather(self._poll_task, return_exceptions=True)
+        for task in (self._poll_task, self._recent_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await asyncio.gather(*(runner.cleanup() for runner in self._runners))
         self._runners.clear()
         for live in self._web_configs.values():

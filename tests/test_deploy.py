@@ -66,8 +66,13 @@ class ExporterProcess:
     def __init__(self, argv: Sequence[str], env: Mapping[str, str], cwd: Path = ROOT) -> None:
         self.argv = list(argv)
         self.proc = subprocess.Popen(
-            self.argv, env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            self.argv,
+            env=dict(env),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         self.lines: list[str] = []
         self.urls: dict[str, str] = {}
@@ -253,9 +258,9 @@ def _pattern_regex(pattern: str) -> re.Pattern[str]:
             out, i = out + "(?:.*/)?", i + 3  # any number of directories, none included
         elif pattern.startswith("**", i):
             out, i = out + ".*", i + 2
-        elif pattern[i] == "[" and "]" in pattern[i + 1:]:
+        elif pattern[i] == "[" and "]" in pattern[i + 1 :]:
             end = pattern.index("]", i + 1)
-            body = pattern[i + 1:end]
+            body = pattern[i + 1 : end]
             out += "[" + ("^" + body[1:] if body.startswith(("^", "!")) else body) + "]"
             i = end + 1
         else:
@@ -297,7 +302,8 @@ def build_context(root: Path) -> set[str]:
         rel_dir = "" if rel_dir == "." else rel_dir + "/"
         # Prune excluded directories that no ! pattern could re-include a file of.
         dirnames[:] = [
-            d for d in dirnames
+            d
+            for d in dirnames
             if not is_ignored(rel_dir + d, rules)
             or any(p.startswith(rel_dir + d + "/") or "*" in p.split("/")[0] for p in negations)
         ]
@@ -375,15 +381,19 @@ def replay_dockerfile(rootfs: Path) -> InstalledImage:
                 inside = sorted(f for f in context if f.startswith(source + "/"))
                 assert inside, f"COPY {source}: not in the build context (see .dockerignore)"
                 for rel in inside:  # a directory: its contents
-                    _copy(ROOT / rel, target / rel[len(source) + 1:])
+                    _copy(ROOT / rel, target / rel[len(source) + 1 :])
         elif step.keyword == "RUN":
             assert step.exec_form() is None, "RUN in shell form expected"
             # Image paths must come from ENV (mapped above), never be written out literally.
             literal = re.findall(r"(?<![\w$}/.])/(?:opt|usr|src|app|etc|var)\b", step.args)
             assert not literal, f"RUN {step.args!r}: write image paths through ENV variables"
             done = subprocess.run(
-                ["/bin/sh", "-c", step.args], cwd=workdir, env=env,
-                capture_output=True, text=True, timeout=300,
+                ["/bin/sh", "-c", step.args],
+                cwd=workdir,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
             )
             assert done.returncode == 0, f"RUN {step.args}\n{done.stdout}\n{done.stderr}"
         elif step.keyword in ("ARG", "LABEL"):
@@ -489,9 +499,11 @@ def test_dockerignore_keeps_the_context_to_the_package() -> None:
     assert {"pyproject.toml", "README.md"} | package <= context
     assert any(f.startswith("exporter/data/") for f in context), "package data is in the context"
     leaked = sorted(
-        f for f in context
+        f
+        for f in context
         if f.startswith((".git/", ".venv/", "tests/", "docs/", "deploy/", "bench/"))
-        or "__pycache__" in f or f.endswith(".pyc")
+        or "__pycache__" in f
+        or f.endswith(".pyc")
     )
     assert not leaked, f"in the build context, should not be: {leaked[:5]}"
     # A local configuration file (which may hold a key) never reaches an image.
@@ -500,8 +512,11 @@ def test_dockerignore_keeps_the_context_to_the_package() -> None:
 
 
 def test_dockerignore_matcher_follows_docker_semantics() -> None:
-    rules = [(False, _pattern_regex("*"), "*"), (True, _pattern_regex("exporter"), "exporter"),
-             (False, _pattern_regex("**/__pycache__"), "**/__pycache__")]
+    rules = [
+        (False, _pattern_regex("*"), "*"),
+        (True, _pattern_regex("exporter"), "exporter"),
+        (False, _pattern_regex("**/__pycache__"), "**/__pycache__"),
+    ]
     assert is_ignored("tests/test_x.py", rules)
     assert not is_ignored("exporter/data/prices.yaml", rules)
     assert is_ignored("exporter/__pycache__/app.cpython-311.pyc", rules)
@@ -520,7 +535,8 @@ def test_image_installs_and_entrypoint_serves_with_key_from_environment(
     env = {**image.env, "DEEPSEEK_API_KEY": PROD_KEY}
     exporter = ExporterProcess(
         [*entrypoint, f"--deepseek.base-url={sim.base_url}", *_loopback_flags()],
-        env, cwd=image.rootfs,
+        env,
+        cwd=image.rootfs,
     )
     try:
         exporter.wait_ready()
@@ -552,7 +568,8 @@ def test_image_entrypoint_with_mounted_config_and_key_file(
     entrypoint = [_which(image.entrypoint[0], image.env), *image.entrypoint[1:]]
     exporter = ExporterProcess(
         [*entrypoint, f"--config.file={etc / 'deepseek.yml'}", *_loopback_flags()],
-        image.env, cwd=image.rootfs,
+        image.env,
+        cwd=image.rootfs,
     )
     try:
         exporter.wait_ready()
@@ -570,8 +587,11 @@ def test_compose_wrapper_runs_demo_without_key_and_real_mode_with_one(
     demo = ExporterProcess(["/bin/sh", str(WRAPPER), *_loopback_flags()], image.env)
     try:
         demo.wait_ready()
-        accounts = {dict(labels).get("account") for (name, labels) in demo.samples()
-                    if name == "deepseek_account_available"}
+        accounts = {
+            dict(labels).get("account")
+            for (name, labels) in demo.samples()
+            if name == "deepseek_account_available"
+        }
         assert accounts == {"demo-steady", "demo-draining"}, demo.log
         assert "starting the built-in demo" in demo.log
     finally:
@@ -583,8 +603,11 @@ def test_compose_wrapper_runs_demo_without_key_and_real_mode_with_one(
     )
     try:
         real.wait_ready()
-        accounts = {dict(labels).get("account") for (name, labels) in real.samples()
-                    if name == "deepseek_account_available"}
+        accounts = {
+            dict(labels).get("account")
+            for (name, labels) in real.samples()
+            if name == "deepseek_account_available"
+        }
         assert accounts == {"default"}, real.log
     finally:
         assert real.stop() == 0, real.log
@@ -631,7 +654,7 @@ def _host_path(service: Mapping[str, Any], container_path: str) -> Path | None:
             best = mount
     if best is None:
         return None
-    rest = container_path[len(best.target):].lstrip("/")
+    rest = container_path[len(best.target) :].lstrip("/")
     return (COMPOSE_DIR / best.source / rest).resolve()
 
 
@@ -688,16 +711,24 @@ def test_compose_prometheus_loads_the_rules_and_scrapes_the_exporter(tmp_path: P
     # promtool with the container's paths pointed at the mounted files.
     mirrored = dict(config, rule_files=[str(h) for h in hosts if h is not None])
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(mirrored))
-    done = subprocess.run([promtool, "check", "config", str(tmp_path / "prometheus.yml")],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [promtool, "check", "config", str(tmp_path / "prometheus.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    assert JOB in jobs, "the rules select job=\"deepseek-exporter\""
+    assert JOB in jobs, 'the rules select job="deepseek-exporter"'
     targets = [t for sc in jobs[JOB]["static_configs"] for t in sc["targets"]]
     assert targets == [f"exporter:{METRICS_PORT}"]
-    managers = [t for am in config["alerting"]["alertmanagers"]
-                for sc in am["static_configs"] for t in sc["targets"]]
+    managers = [
+        t
+        for am in config["alerting"]["alertmanagers"]
+        for sc in am["static_configs"]
+        for t in sc["targets"]
+    ]
     assert [m.split(":")[0] for m in managers] == ["alertmanager"]
 
 
@@ -707,8 +738,9 @@ def test_compose_alertmanager_config_is_the_example_and_valid() -> None:
     alertmanager = _compose()["services"]["alertmanager"]
     host = _host_path(alertmanager, _flag(alertmanager["command"], "--config.file"))
     assert host == (ROOT / "alerts" / "alertmanager.yml").resolve()
-    done = subprocess.run([amtool, "check-config", str(host)], capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [amtool, "check-config", str(host)], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -760,15 +792,19 @@ K8S_VERSIONS = ("1.28.0", "latest")  # the oldest Kubernetes still widely run, a
 @pytest.fixture(scope="module")
 def manifests() -> list[dict[str, Any]]:
     kubectl = require_binary("kubectl")
-    done = subprocess.run([kubectl, "kustomize", str(KUSTOMIZE_DIR)], capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [kubectl, "kustomize", str(KUSTOMIZE_DIR)], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
 
 
 def _one(manifests: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
-    found = [m for m in manifests if m["kind"] == kind
-             and (name is None or m["metadata"]["name"] == name)]
+    found = [
+        m
+        for m in manifests
+        if m["kind"] == kind and (name is None or m["metadata"]["name"] == name)
+    ]
     assert len(found) == 1, f"expected one {kind} {name or ''}, got {len(found)}"
     return found[0]
 
@@ -779,14 +815,31 @@ def _validate_crd(doc: dict[str, Any]) -> None:
     assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", doc["metadata"]["name"])
     spec = doc["spec"]
     if doc["kind"] == "ServiceMonitor":
-        assert set(spec) <= {"jobLabel", "selector", "endpoints", "namespaceSelector",
-                             "targetLabels", "podTargetLabels", "sampleLimit"}, sorted(spec)
+        assert set(spec) <= {
+            "jobLabel",
+            "selector",
+            "endpoints",
+            "namespaceSelector",
+            "targetLabels",
+            "podTargetLabels",
+            "sampleLimit",
+        }, sorted(spec)
         assert isinstance(spec["selector"].get("matchLabels"), dict)
         assert spec["endpoints"], "a ServiceMonitor needs endpoints"
         for endpoint in spec["endpoints"]:
-            assert set(endpoint) <= {"port", "targetPort", "path", "scheme", "interval",
-                                     "scrapeTimeout", "honorLabels", "relabelings",
-                                     "metricRelabelings", "tlsConfig", "basicAuth"}
+            assert set(endpoint) <= {
+                "port",
+                "targetPort",
+                "path",
+                "scheme",
+                "interval",
+                "scrapeTimeout",
+                "honorLabels",
+                "relabelings",
+                "metricRelabelings",
+                "tlsConfig",
+                "basicAuth",
+            }
             assert "port" in endpoint or "targetPort" in endpoint
             for key in ("interval", "scrapeTimeout"):
                 if key in endpoint:
@@ -798,8 +851,15 @@ def _validate_crd(doc: dict[str, Any]) -> None:
             for rule in group["rules"]:
                 assert ("alert" in rule) != ("record" in rule), rule
                 assert isinstance(rule["expr"], str | int | float), rule
-                assert set(rule) <= {"alert", "record", "expr", "for", "keep_firing_for",
-                                     "labels", "annotations"}, rule
+                assert set(rule) <= {
+                    "alert",
+                    "record",
+                    "expr",
+                    "for",
+                    "keep_firing_for",
+                    "labels",
+                    "annotations",
+                }, rule
 
 
 def test_kustomize_builds_and_validates_against_kubernetes_schemas(
@@ -809,15 +869,23 @@ def test_kustomize_builds_and_validates_against_kubernetes_schemas(
 
     latest = kubernetes_validate.utils.latest_version()
     kinds = sorted(m["kind"] for m in manifests)
-    assert kinds == ["ConfigMap", "Deployment", "PodDisruptionBudget", "PrometheusRule",
-                     "Service", "Service", "ServiceMonitor"]
+    assert kinds == [
+        "ConfigMap",
+        "Deployment",
+        "PodDisruptionBudget",
+        "PrometheusRule",
+        "Service",
+        "Service",
+        "ServiceMonitor",
+    ]
     for doc in manifests:
         if doc["kind"] in CRD_KINDS:
             _validate_crd(doc)
             continue
         for version in K8S_VERSIONS:
-            kubernetes_validate.validate(doc, latest if version == "latest" else version,
-                                         strict=True)
+            kubernetes_validate.validate(
+                doc, latest if version == "latest" else version, strict=True
+            )
     # The validation is not vacuous: a misspelt field is refused.
     broken = json.loads(json.dumps(_one(manifests, "Deployment")))
     broken["spec"]["template"]["spec"]["containers"][0]["readOnlyRootFilesytem"] = True
@@ -875,7 +943,7 @@ def test_kubernetes_config_passes_the_exporters_config_check(
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     keys_dir = mounts["keys"]
     configmap = next(m for m in manifests if m["kind"] == "ConfigMap")
-    (name, text), = configmap["data"].items()
+    ((name, text),) = configmap["data"].items()
     keys = set(re.findall(re.escape(keys_dir) + r"/([\w.-]+)", text))
     assert keys, "the accounts read their keys from the mounted Secret"
     (tmp_path / "keys").mkdir()
@@ -892,8 +960,9 @@ def test_kubernetes_config_passes_the_exporters_config_check(
 def test_services_and_servicemonitor_fit_together(manifests: list[dict[str, Any]]) -> None:
     deployment = _one(manifests, "Deployment")
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
-    container_ports = {p["name"] for p in deployment["spec"]["template"]["spec"]["containers"][0]
-                       ["ports"]}
+    container_ports = {
+        p["name"] for p in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
+    }
     services = [m for m in manifests if m["kind"] == "Service"]
     for service in services:
         selector = service["spec"]["selector"]
@@ -906,8 +975,11 @@ def test_services_and_servicemonitor_fit_together(manifests: list[dict[str, Any]
     assert by_port["proxy"]["spec"]["ports"][0]["port"] == PROXY_PORT
 
     monitor = _one(manifests, "ServiceMonitor")["spec"]
-    selected = [s for s in services
-                if monitor["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()]
+    selected = [
+        s
+        for s in services
+        if monitor["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()
+    ]
     assert selected == [by_port["metrics"]], "the ServiceMonitor scrapes the metrics Service only"
     assert [e["port"] for e in monitor["endpoints"]] == ["metrics"]
     # The Operator names the job after the Service's jobLabel label: the rules need this job.
@@ -920,8 +992,9 @@ def test_services_and_servicemonitor_fit_together(manifests: list[dict[str, Any]
 
 
 def test_prometheusrule_is_in_sync_with_the_rule_file(manifests: list[dict[str, Any]]) -> None:
-    done = subprocess.run([sys.executable, str(GENERATOR), "--check"], capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, str(GENERATOR), "--check"], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     rules = yaml.safe_load(RULES_FILE.read_text())
     rule = _one(manifests, "PrometheusRule")
@@ -937,8 +1010,12 @@ def test_prometheusrule_rules_pass_promtool(
     promtool = require_binary("promtool")
     spec = _one(manifests, "PrometheusRule")["spec"]
     (tmp_path / "rules.yml").write_text(yaml.safe_dump(spec))
-    done = subprocess.run([promtool, "check", "rules", str(tmp_path / "rules.yml")],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [promtool, "check", "rules", str(tmp_path / "rules.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -953,8 +1030,9 @@ def test_overlay_example_with_proxy_only_component_builds_and_fits(tmp_path: Pat
     import kubernetes_validate
 
     kubectl = require_binary("kubectl")
-    done = subprocess.run([kubectl, "kustomize", str(OVERLAY_DIR)], capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [kubectl, "kustomize", str(OVERLAY_DIR)], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     built = [doc for doc in yaml.safe_load_all(done.stdout) if doc]
     for doc in built:
@@ -983,7 +1061,8 @@ def test_overlay_example_with_proxy_only_component_builds_and_fits(tmp_path: Pat
     def pod_spec(deployment: dict[str, Any]) -> dict[str, Any]:
         spec = json.loads(json.dumps(deployment["spec"]["template"]["spec"]))
         spec["topologySpreadConstraints"][0]["labelSelector"]["matchLabels"].pop(
-            "deepseek-exporter/role")
+            "deepseek-exporter/role"
+        )
         for volume in spec["volumes"]:
             if "configMap" in volume:
                 volume["configMap"]["name"] = "<config>"
@@ -998,8 +1077,9 @@ def test_overlay_example_with_proxy_only_component_builds_and_fits(tmp_path: Pat
     (tmp_path / "keys").mkdir()
     configs = {}
     for deployment in deployments:
-        volume = next(v for v in deployment["spec"]["template"]["spec"]["volumes"]
-                      if "configMap" in v)
+        volume = next(
+            v for v in deployment["spec"]["template"]["spec"]["volumes"] if "configMap" in v
+        )
         configmap = _one(built, "ConfigMap", volume["configMap"]["name"])
         text = configmap["data"]["deepseek.yml"]
         for key in re.findall(re.escape(keys_dir) + r"/([\w.-]+)", text):
@@ -1017,8 +1097,10 @@ def test_proxy_only_example_config_passes_the_config_check(tmp_path: Path) -> No
     keys_dir = "/etc/deepseek-exporter/keys"
     (tmp_path / "keys").mkdir()
     configs = []
-    for example in (KUSTOMIZE_DIR / "deepseek.yml",
-                    KUSTOMIZE_DIR / "proxy-only" / "deepseek-proxy-only.yml"):
+    for example in (
+        KUSTOMIZE_DIR / "deepseek.yml",
+        KUSTOMIZE_DIR / "proxy-only" / "deepseek-proxy-only.yml",
+    ):
         text = example.read_text()
         for key in re.findall(re.escape(keys_dir) + r"/([\w.-]+)", text):
             (tmp_path / "keys" / key).write_text("sk-test-" + key)

@@ -221,7 +221,8 @@ def test_endpoints(sim: Simulator, background_loop: BackgroundLoop) -> None:
         assert httpx.get(url + "/-/ready").status_code == 200
         page = httpx.get(url + "/")
         assert page.headers["content-type"].startswith("text/html")
-        assert "prod" in page.text and "110.00 CNY" in page.text and 'href="/metrics"' in page.text
+        assert "prod" in page.text and "110.00</span> CNY" in page.text
+        assert 'href="/metrics"' in page.text
         om = httpx.get(url + "/metrics", headers={"Accept": "application/openmetrics-text"})
         assert om.headers["content-type"].startswith("application/openmetrics-text")
         assert om.text.rstrip().endswith("# EOF")

@@ -67,9 +67,15 @@ class Prometheus:
             self.url = f"http://127.0.0.1:{_free_port()}"
             with log.open("w") as out:
                 self.proc = subprocess.Popen(
-                    [binary, f"--config.file={config}", f"--storage.tsdb.path={data}",
-                     f"--web.listen-address={self.url.removeprefix('http://')}"],
-                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    [
+                        binary,
+                        f"--config.file={config}",
+                        f"--storage.tsdb.path={data}",
+                        f"--web.listen-address={self.url.removeprefix('http://')}",
+                    ],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
                 )
             if self._wait_ready():
                 return
@@ -102,8 +108,9 @@ class Prometheus:
     def series(self, expr: str) -> dict[frozenset[tuple[str, str]], float]:
         """Instant vector as {labels without __name__: value}."""
         return {
-            frozenset((k, v) for k, v in r["metric"].items() if k != "__name__"):
-                float(r["value"][1])
+            frozenset((k, v) for k, v in r["metric"].items() if k != "__name__"): float(
+                r["value"][1]
+            )
             for r in self.query(expr)
         }
 
@@ -147,8 +154,11 @@ class Stack:
     def balance(self, account: str, currency: str) -> float:
         """The total balance as DeepSeek (the simulator) reports it: rounded to cents."""
         key = self.simulator.account(account).api_key
-        reply = httpx.get(f"{self.simulator.base_url}/user/balance",
-                          headers={"Authorization": f"Bearer {key}"}, timeout=5).json()
+        reply = httpx.get(
+            f"{self.simulator.base_url}/user/balance",
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=5,
+        ).json()
         (info,) = (i for i in reply["balance_infos"] if i["currency"] == currency)
         return float(info["total_balance"])
 
@@ -181,27 +191,39 @@ def _send(
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     prometheus_binary = require_binary("prometheus")
     tmp = tmp_path_factory.mktemp("replicas")
-    simulator = Simulator([
-        SimAccount("rich", RICH_KEY, {"CNY": (Decimal("10.00"), Decimal("100.00"))}),
-        SimAccount("drain", DRAIN_KEY, {"USD": (Decimal("0.00"), Decimal("5.00"))}),
-    ])
+    simulator = Simulator(
+        [
+            SimAccount("rich", RICH_KEY, {"CNY": (Decimal("10.00"), Decimal("100.00"))}),
+            SimAccount("drain", DRAIN_KEY, {"USD": (Decimal("0.00"), Decimal("5.00"))}),
+        ]
+    )
     with SimulatorThread(simulator) as server:
         config = tmp / "deepseek.yml"
-        config.write_text(yaml.safe_dump({
-            "deepseek": {"base_url": server.base_url, "timeout": "2s"},
-            "balance": {"poll_interval": "1s", "max_staleness": "30s"},
-            "accounts": [
-                {"name": "rich", "api_key": RICH_KEY, "low_balance_threshold": 5},
-                {"name": "drain", "api_key": DRAIN_KEY, "low_balance_threshold": 1},
-            ],
-        }))
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "deepseek": {"base_url": server.base_url, "timeout": "2s"},
+                    "balance": {"poll_interval": "1s", "max_staleness": "30s"},
+                    "accounts": [
+                        {"name": "rich", "api_key": RICH_KEY, "low_balance_threshold": 5},
+                        {"name": "drain", "api_key": DRAIN_KEY, "low_balance_threshold": 1},
+                    ],
+                }
+            )
+        )
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         env.pop("DEEPSEEK_API_KEY", None)
         exporters = [
             ExporterProcess(
-                [sys.executable, "-m", "exporter", f"--config.file={config}",
-                 "--web.listen-address=127.0.0.1:0", "--proxy.listen-address=127.0.0.1:0",
-                 "--web.shutdown-timeout=2s"],
+                [
+                    sys.executable,
+                    "-m",
+                    "exporter",
+                    f"--config.file={config}",
+                    "--web.listen-address=127.0.0.1:0",
+                    "--proxy.listen-address=127.0.0.1:0",
+                    "--web.shutdown-timeout=2s",
+                ],
                 env,
             )
             for _ in range(REPLICAS)
@@ -212,13 +234,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 exporter.wait_ready()
             targets = [e.web_url.removeprefix("http://") for e in exporters]
             prometheus_config = tmp / "prometheus.yml"
-            prometheus_config.write_text(yaml.safe_dump({
-                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                "rule_files": [str(RULES_FILE)],
-                "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": targets}]}],
-            }))
-            prometheus = Prometheus(prometheus_binary, prometheus_config, tmp / "data",
-                                    tmp / "prometheus.log")
+            prometheus_config.write_text(
+                yaml.safe_dump(
+                    {
+                        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                        "rule_files": [str(RULES_FILE)],
+                        "scrape_configs": [
+                            {"job_name": JOB, "static_configs": [{"targets": targets}]}
+                        ],
+                    }
+                )
+            )
+            prometheus = Prometheus(
+                prometheus_binary, prometheus_config, tmp / "data", tmp / "prometheus.log"
+            )
 
             def all_up() -> None:
                 up = prometheus.series(f'up{{job="{JOB}"}} == 1')
@@ -267,9 +296,7 @@ def test_requests_summed_over_replicas_equal_requests_sent(stack: Stack) -> None
 
     eventually(counted, "Prometheus counts the requests sent")
     # Each replica carried part of the traffic: a sum over parts, not copies of one count.
-    per_replica = prometheus.series(
-        f'sum by (instance) (deepseek_requests_total{{job="{JOB}"}})'
-    )
+    per_replica = prometheus.series(f'sum by (instance) (deepseek_requests_total{{job="{JOB}"}})')
     assert len(per_replica) == REPLICAS and all(v > 0 for v in per_replica.values())
     assert sum(per_replica.values()) == sum(stack.sent.values())
 
@@ -289,14 +316,17 @@ def test_balance_gives_one_value_per_account(stack: Stack) -> None:
         assert copies == {k: float(REPLICAS) for k in expected}
         # ... and one value per account from the recording rule and the dashboard's max by.
         assert prometheus.series("account_currency:deepseek_balance:max") == expected
-        assert prometheus.series(
-            f'max by (account, currency) (deepseek_balance{{job="{JOB}"}})'
-        ) == expected
+        assert (
+            prometheus.series(f'max by (account, currency) (deepseek_balance{{job="{JOB}"}})')
+            == expected
+        )
         assert prometheus.series("account:deepseek_account_available:max") == {
-            labels(account="rich"): 1.0, labels(account="drain"): 0.0,
+            labels(account="rich"): 1.0,
+            labels(account="drain"): 0.0,
         }
         assert prometheus.series("account:deepseek_up:max") == {
-            labels(account="rich"): 1.0, labels(account="drain"): 1.0,
+            labels(account="rich"): 1.0,
+            labels(account="drain"): 1.0,
         }
 
     eventually(one_value_each, "one balance per account, equal to the simulator's")
@@ -322,8 +352,14 @@ def test_insufficient_balance_fires_once_per_drained_account(stack: Stack) -> No
     assert stack.sent[("drain", "402")] <= value < 2 * stack.sent[("drain", "402")], value
     # Still exactly one a few evaluations later (one per account, whatever the replica count).
     seen = prometheus.series(f"count_over_time({firing}[1m])")
-    assert list(seen) == [labels(account="drain", alertname="DeepSeekInsufficientBalance",
-                                 alertstate="firing", severity="critical")]
+    assert list(seen) == [
+        labels(
+            account="drain",
+            alertname="DeepSeekInsufficientBalance",
+            alertstate="firing",
+            severity="critical",
+        )
+    ]
 
 
 def _dashboard_targets() -> list[tuple[str, str, str]]:
@@ -343,8 +379,13 @@ def _dashboard_targets() -> list[tuple[str, str, str]]:
 
 
 def _as_grafana_would(expr: str) -> str:
-    for variable, value in (("$__rate_interval", "1m"), ("$__interval", "1s"),
-                            ("$__range", "1h"), ("$job", JOB), ("$account", ".*")):
+    for variable, value in (
+        ("$__rate_interval", "1m"),
+        ("$__interval", "1s"),
+        ("$__range", "1h"),
+        ("$job", JOB),
+        ("$account", ".*"),
+    ):
         expr = expr.replace(variable, value).replace("${" + variable[1:] + "}", value)
     assert "$" not in expr, f"unknown dashboard variable in {expr}"
     return expr
@@ -363,9 +404,11 @@ def test_dashboard_panels_give_one_series_per_account_not_per_replica(stack: Sta
             replicated = [r["metric"] for r in result if "instance" in r["metric"]]
             assert not replicated, f"panel {title!r} shows one series per replica: {expr}"
         # The balance stat: one value per account and currency, the simulator's.
-        balance_panels = [expr for title, expr, _ in targets
-                          if title == "Balance" and "deepseek_balance{" in expr
-                          and "low_threshold" not in expr]
+        balance_panels = [
+            expr
+            for title, expr, _ in targets
+            if title == "Balance" and "deepseek_balance{" in expr and "low_threshold" not in expr
+        ]
         assert balance_panels, "the dashboard has a Balance panel"
         got = {
             (r["metric"]["account"], r["metric"]["currency"]): float(r["value"][1])
@@ -383,15 +426,25 @@ def test_proxy_only_replica_meters_without_polling(tmp_path: Path) -> None:
     simulator = Simulator([SimAccount("rich", RICH_KEY, {"CNY": (Decimal("10"), Decimal("100"))})])
     with SimulatorThread(simulator) as server:
         config = tmp_path / "deepseek.yml"
-        config.write_text(yaml.safe_dump({
-            "deepseek": {"base_url": server.base_url},
-            "balance": {"poll_interval": "0s"},
-            "accounts": [{"name": "rich", "api_key": RICH_KEY, "currency": "CNY"}],
-        }))
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "deepseek": {"base_url": server.base_url},
+                    "balance": {"poll_interval": "0s"},
+                    "accounts": [{"name": "rich", "api_key": RICH_KEY, "currency": "CNY"}],
+                }
+            )
+        )
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         exporter = ExporterProcess(
-            [sys.executable, "-m", "exporter", f"--config.file={config}",
-             "--web.listen-address=127.0.0.1:0", "--proxy.listen-address=127.0.0.1:0"],
+            [
+                sys.executable,
+                "-m",
+                "exporter",
+                f"--config.file={config}",
+                "--web.listen-address=127.0.0.1:0",
+                "--proxy.listen-address=127.0.0.1:0",
+            ],
             env,
         )
         try:
@@ -402,11 +455,17 @@ def test_proxy_only_replica_meters_without_polling(tmp_path: Path) -> None:
             samples = exporter.samples()
             names = {name for name, _ in samples}
             assert not {"deepseek_up", "deepseek_balance", "deepseek_account_available"} & names
-            requests = sum(v for (name, lbl), v in samples.items()
-                           if name == "deepseek_requests_total" and ("account", "rich") in lbl)
+            requests = sum(
+                v
+                for (name, lbl), v in samples.items()
+                if name == "deepseek_requests_total" and ("account", "rich") in lbl
+            )
             assert requests == 2
-            cost = sum(v for (name, lbl), v in samples.items()
-                       if name == "deepseek_estimated_cost_total" and ("currency", "CNY") in lbl)
+            cost = sum(
+                v
+                for (name, lbl), v in samples.items()
+                if name == "deepseek_estimated_cost_total" and ("currency", "CNY") in lbl
+            )
             assert cost > 0, "with `currency` set, a proxy-only replica prices the requests"
             assert not [r for r in simulator.requests() if r.endpoint == "balance"]
         finally:

@@ -16,6 +16,7 @@ import httpx
 
 from exporter.balance.client import POLL_ERROR_REASONS, BalanceReply, PollError, fetch_balance
 from exporter.balance.forecast import BURN_RATE_WINDOWS, SpendTracker
+from exporter.balance.history import BalanceHistory
 from exporter.clock import Clock
 from exporter.config import AccountConfig, BalanceConfig, DeepSeekConfig
 
@@ -38,6 +39,7 @@ class AccountState:
     last_error: str | None = None
     errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(POLL_ERROR_REASONS, 0))
     trackers: dict[str, SpendTracker] = field(default_factory=dict)
+    history: dict[str, BalanceHistory] = field(default_factory=dict)  # for the status page
 
     def record_success(self, reply: BalanceReply, at: float, duration: float) -> None:
         self.polled, self.up = True, True
@@ -46,6 +48,7 @@ class AccountState:
         for balance in reply.balances:
             tracker = self.trackers.setdefault(balance.currency, SpendTracker(self.retention))
             tracker.observe(at, balance.total)
+            self.history.setdefault(balance.currency, BalanceHistory()).observe(at, balance.total)
 
     def record_failure(self, error: PollError, duration: float) -> None:
         self.polled, self.up = True, False

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import gzip
-import html
-import math
-import time
 from collections.abc import Sequence
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_client.exposition import choose_encoder
 
-from exporter import __version__
-from exporter.web.status import AccountStatus, ExporterView
+from exporter.web.status import ExporterView
+from exporter.web.status_page import render_status_page
 
 EXPORTER: web.AppKey[ExporterView] = web.AppKey("exporter")
 
@@ -60,70 +57,14 @@ async def _reload(request: web.Request) -> web.Response:
     return web.Response(text="".join(f"{line}\n" for line in lines))
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "unknown"
-    if math.isinf(seconds):
-        return "never (nothing spent)"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f}{unit}"
-    return f"{seconds:.0f}s"
-
-
 async def _landing(request: web.Request) -> web.Response:
     exporter = request.app[EXPORTER]
-    return web.Response(text=render_landing(exporter), content_type="text/html")
+    page = render_status_page(exporter, request.url.host)
+    return web.Response(text=page, content_type="text/html", headers=_PAGE_HEADERS)
 
 
-def render_landing(exporter: ExporterView) -> str:
-    """A page a person can read at a glance; every value is escaped, no key is ever shown."""
-    now = exporter.now()
-    rows = [_status_row(status, now) for status in exporter.account_status()]
-    table = "\n".join(rows) or '<tr><td colspan="7">No accounts configured.</td></tr>'
-    return _PAGE.format(version=html.escape(__version__), rows=table)
-
-
-def _status_row(status: AccountStatus, now: float) -> str:
-    last_poll = (
-        "never" if status.last_success is None else _duration(now - status.last_success) + " ago"
-    )
-    state = {"up": "up", "pending": "pending"}.get(status.poll_state, f"DOWN ({status.last_error})")
-    if status.currency is None:
-        return _row(status.name, "-", "-", "-", "-", state, last_poll)
-    rate = status.burn_per_second
-    per_day = "unknown" if rate is None else f"{rate * 86400:.2f} {status.currency}"
-    seconds = status.exhaustion_seconds
-    runs_out = _duration(seconds)
-    if seconds is not None and not math.isinf(seconds):
-        at = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(now + seconds))
-        runs_out = f"in {runs_out} ({at})"
-    return _row(
-        status.name,
-        f"{status.balance} {status.currency}",
-        "yes" if status.available else "NO",
-        per_day,
-        runs_out,
-        state,
-        last_poll,
-    )
-
-
-def _row(*cells: str) -> str:
-    return "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
-
-
-_PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>DeepSeek Exporter</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:.3em .8em;text-align:left}}</style></head>
-<body><h1>DeepSeek Exporter</h1>
-<p>Balance, burn rate and exhaustion forecast of DeepSeek API accounts. Version {version}.</p>
-<table><tr><th>Account</th><th>Balance</th><th>Available</th><th>Burn per day</th>
-<th>Runs out</th><th>Poll status</th><th>Last good poll</th></tr>
-{rows}
-</table>
-<ul><li><a href="/metrics">Metrics</a></li><li><a href="/-/healthy">Health</a></li>
-<li><a href="/-/ready">Readiness</a></li></ul>
-</body></html>
-"""
+# The page is self-contained: the browser may load nothing from anywhere, not even from here.
+_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:",
+    "Cache-Control": "no-store",
+}
