@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -239,7 +238,8 @@ def test_demo_runs_without_a_key_and_meters_its_workload() -> None:
         assert process.stop() == 0
     finally:
         output = process.output()
-    assert not re.search(r"sk-demo-\w+-[0-9a-f]{8}", output)
+    # The demo's keys are fixed and fake, and printed on purpose for people to paste.
+    assert "sk-demo-steady" in output and "sk-demo-draining" in output
 
 
 def test_simulate_subcommand_serves_the_api() -> None:

@@ -10,8 +10,12 @@ no time at all.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
+import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -30,6 +34,7 @@ from tests.harness import (
     running_exporter,
     running_simulator,
 )
+from tests.test_cli import Process
 
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 BROWSER_ARGS = [
@@ -225,3 +230,79 @@ def test_the_status_page_shows_each_state_at_a_glance(scenario: Scenario) -> Non
 
 def _hhmm(at: float) -> str:
     return time.strftime("%H:%M", time.gmtime(at))
+
+
+def test_a_newcomer_pastes_the_demo_snippets_and_sees_them_metered(browser: object) -> None:
+    """The README's quick start, as a person does it: run the demo, paste the two snippets it
+    prints, find the requests with their cost in /metrics and on the status page."""
+    curl = require_binary("curl")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPSEEK_")}
+    process = Process("--demo", env=env)
+    try:
+        process.wait_ready()
+        banner = _read_banner(process)
+        python_snippet = _indented_block(banner, "or with the openai Python SDK")
+        curl_snippet = _indented_block(banner, "Call it yourself (curl):")
+        assert 'api_key="sk-demo-steady"' in python_snippet
+        assert f'base_url="{process.proxy}"' in python_snippet
+        pasted = subprocess.run(
+            [sys.executable, "-c", python_snippet], capture_output=True, text=True, timeout=60
+        )
+        assert pasted.returncode == 0, pasted.stderr
+        assert "completion_tokens=" in pasted.stdout  # print(reply.usage)
+        pasted = subprocess.run(
+            ["bash", "-c", curl_snippet.replace("curl ", f"{curl} -sf ", 1)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert pasted.returncode == 0, pasted.stderr
+        assert json.loads(pasted.stdout)["model"] == "deepseek-v4-pro"
+
+        labels = {"account": "demo-steady", "model": "deepseek-v4-pro"}
+        samples = process.samples()
+        assert (
+            samples[("deepseek_requests_total", frozenset({**labels, "code": "200"}.items()))] == 2
+        )
+        cost = samples[
+            ("deepseek_estimated_cost_total", frozenset({**labels, "currency": "CNY"}.items()))
+        ]
+        assert cost > 0
+
+        context = browser.new_context(viewport={"width": 1200, "height": 900})  # type: ignore[attr-defined]
+        page = context.new_page()
+        page.goto(process.web + "/")
+        steady = card(page, "demo-steady")
+        assert text(steady.locator("h2")).startswith("demo-steady ")
+        today = text(steady.locator(".today"))
+        match = re.fullmatch(
+            r"Today \(UTC\): ([\d,]+) requests · \S+ tokens · ([0-9.]+) CNY estimated cost", today
+        )
+        assert match and int(match[1].replace(",", "")) >= 2 and float(match[2]) >= cost, today
+        keys = text(page.locator(".demo-keys"))
+        assert "sk-demo-steady (demo-steady)" in keys and "sk-demo-draining" in keys
+        assert process.stop() == 0
+    finally:
+        process.output()
+
+
+def _read_banner(process: Process) -> str:
+    """The demo's start-up banner, from its output (stdout and stderr, merged)."""
+    assert process.popen.stdout is not None
+    lines: list[str] = []
+    for line in process.popen.stdout:
+        lines.append(line.rstrip("\n"))
+        if line.startswith("Your request shows up"):
+            return "\n".join(lines)
+    raise AssertionError("\n".join(lines))
+
+
+def _indented_block(banner: str, heading: str) -> str:
+    """The snippet under ``heading``: its indented lines, dedented."""
+    after = banner.split(heading, 1)[1].splitlines()[1:]
+    block: list[str] = []
+    for line in after:
+        if line and not line.startswith("    "):
+            break
+        block.append(line[4:])
+    return textwrap.dedent("\n".join(block)).strip()
