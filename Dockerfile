@@ -23,6 +23,8 @@ WORKDIR /src
 # Only what the package build needs (see .dockerignore): pyproject.toml reads README.md.
 COPY pyproject.toml README.md ./
 COPY exporter ./exporter
+# The runbooks served at /runbooks/ (in a checkout, exporter/data/runbooks links here).
+COPY docs/runbooks ./exporter/data/runbooks
 RUN "$VIRTUAL_ENV/bin/pip" install . \
  && "$VIRTUAL_ENV/bin/deepseek-exporter" --version
 

@@ -113,13 +113,12 @@ def _bind_error(flag: str, key: str, address: str, err: OSError) -> ListenError:
 
 def listener_description(scheme: str, host: str | None, port: int) -> tuple[str, str]:
     """(what the log says, a URL to reach it): ``:9402`` listens on every address, so the log
-    says so, while the URL names loopback; IPv6 literals go in brackets."""
+    says so next to a loopback URL; IPv6 literals go in brackets."""
     everywhere = host in (None, "", "0.0.0.0", "::")
     shown = "127.0.0.1" if everywhere else host
     assert shown is not None
     url = f"{scheme}://{f'[{shown}]' if ':' in shown else shown}:{port}"
-    where = f"every address, port {port}" if everywhere else url.split("://", 1)[1]
-    return where, url
+    return (f"{url} (every address, port {port})" if everywhere else url), url
 
 
 class Exporter:
@@ -377,7 +376,7 @@ class Exporter:
             )
         except OSError as err:
             raise _bind_error("--web.listen-address", "web.listen_address", address, err) from None
-        log.info("metrics listener on %s: %s", self.listening[self.web_url], self.web_url)
+        log.info("metrics listener on %s", self.listening[self.web_url])
         if self.config.proxy.enabled:
             await self.proxy.open()
             address = self.config.proxy.listen_address
@@ -392,9 +391,8 @@ class Exporter:
                 flag, key = "--proxy.listen-address", "proxy.listen_address"
                 raise _bind_error(flag, key, address, err) from None
             log.info(
-                "proxy listener on %s: %s, forwarding to %s",
+                "proxy listener on %s, forwarding to %s",
                 self.listening[self.proxy_url],
-                self.proxy_url,
                 self.config.deepseek.base_url,
             )
         self._poll_task = asyncio.create_task(self.poller.run(), name="balance-poller")

@@ -399,8 +399,8 @@ def test_listeners_are_logged_as_they_listen(tmp_path: Path) -> None:
     finally:
         process.send_signal(signal.SIGTERM)
         output = process.communicate(timeout=20)[0]
-    assert f"metrics listener on every address, port {web}: http://127.0.0.1:{web}" in output
-    assert f"proxy listener on [::1]:{proxy}: http://[::1]:{proxy}," in output
+    assert f"metrics listener on http://127.0.0.1:{web} (every address, port {web})" in output
+    assert f"proxy listener on http://[::1]:{proxy}, forwarding" in output
     assert "http://::1" not in output
 
 

@@ -491,17 +491,27 @@ def _pyproject() -> dict[str, Any]:
 
 def test_dockerignore_keeps_the_context_to_the_package() -> None:
     context = build_context(ROOT)
+    # exporter/data/runbooks links to docs/runbooks: the Dockerfile copies those files there.
+    runbooks = ROOT / "exporter" / "data" / "runbooks"
+    assert runbooks.is_symlink() and "exporter/data/runbooks" not in context
     package = {
         p.relative_to(ROOT).as_posix()
         for p in (ROOT / "exporter").rglob("*")
-        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+        if p.is_file()
+        and "__pycache__" not in p.parts
+        and p.suffix != ".pyc"
+        and not p.is_relative_to(runbooks)
     }
-    assert {"pyproject.toml", "README.md"} | package <= context
+    served = {f"docs/runbooks/{p.name}" for p in (ROOT / "docs" / "runbooks").glob("*.md")}
+    assert {"pyproject.toml", "README.md"} | package | served <= context
     assert any(f.startswith("exporter/data/") for f in context), "package data is in the context"
     leaked = sorted(
         f
         for f in context
-        if f.startswith((".git/", ".venv/", "tests/", "docs/", "deploy/", "bench/"))
+        if (
+            f.startswith((".git/", ".venv/", "tests/", "docs/", "deploy/", "bench/"))
+            and not f.startswith("docs/runbooks/")
+        )
         or "__pycache__" in f
         or f.endswith(".pyc")
     )
@@ -545,6 +555,8 @@ def test_image_installs_and_entrypoint_serves_with_key_from_environment(
         assert samples[("deepseek_up", frozenset({("account", "default")}))] == 1
         build_info = ("deepseek_exporter_build_info", frozenset({("version", __version__)}))
         assert samples[build_info] == 1
+        # The runbooks travel inside the package: the alerts' runbook links resolve.
+        assert _status(f"{exporter.web_url}/runbooks/DeepSeekInsufficientBalance") == 200
         check = _run_healthcheck(image, f"{exporter.web_url}/-/healthy")
         assert check.returncode == 0, check.stderr
     finally:

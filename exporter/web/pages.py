@@ -9,6 +9,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_client.exposition import choose_encoder
 
+from exporter.web import runbooks
 from exporter.web.status import ExporterView
 from exporter.web.status_page import render_status_page
 
@@ -23,6 +24,9 @@ def make_web_app(exporter: ExporterView, middlewares: Sequence[Middleware] = ())
     app.router.add_get("/-/healthy", _healthy)
     app.router.add_get("/-/ready", _ready)
     app.router.add_post("/-/reload", _reload)
+    app.router.add_get("/runbooks", _runbooks_index_redirect)
+    app.router.add_get("/runbooks/", _runbook)
+    app.router.add_get("/runbooks/{name}", _runbook)
     return app
 
 
@@ -68,3 +72,18 @@ _PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:",
     "Cache-Control": "no-store",
 }
+
+
+async def _runbooks_index_redirect(request: web.Request) -> web.Response:
+    raise web.HTTPMovedPermanently("runbooks/")
+
+
+async def _runbook(request: web.Request) -> web.Response:
+    # /runbooks/DeepSeekBalanceLow, also with the .md of the file the links name.
+    name = request.match_info.get("name", runbooks.INDEX).removesuffix(".md")
+    page = runbooks.render(name)
+    if page is None:
+        return web.Response(
+            status=404, text=f"No runbook named {name[:80]!r}. See /runbooks/ for the list.\n"
+        )
+    return web.Response(text=page, content_type="text/html", headers=_PAGE_HEADERS)
