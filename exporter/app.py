@@ -170,6 +170,14 @@ class Exporter:
             ["listener"],
             registry=self.registry,
         )
+        self._external_url = Gauge(
+            "deepseek_exporter_external_url_info",
+            "The URL people reach this exporter at (--web.external-url; empty: not set). The "
+            "alerts' runbook links start with it; the value is always 1.",
+            ["url"],
+            registry=self.registry,
+        )
+        self._external_url.labels(config.web.external_url or "").set(1)
 
         self.poller = BalancePoller(config.deepseek, config.balance, config.accounts, clock=clock)
         self.registry.register(BalanceCollector(self.poller, clock))
@@ -279,6 +287,9 @@ class Exporter:
                 log.error("config reload failed, keeping the running config: %s", err)
                 return ReloadResult(error=str(err))
             notes = restart_needed(self.config, config)
+            if config.web.external_url != self.config.web.external_url:
+                self._external_url.clear()
+                self._external_url.labels(config.web.external_url or "").set(1)
             self.config, self.prices = config, prices
             self._reload_web_configs(config)
             self.poller.reconfigure(config.deepseek, config.balance, config.accounts)

@@ -266,6 +266,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 f"127.0.0.1:{ports['web']}",
                 "--proxy.listen-address",
                 f"127.0.0.1:{ports['proxy']}",
+                # What people reach it at: the runbook links start with it.
+                f"--web.external-url=http://localhost:{ports['web']}/",
             ],
             cwd=ROOT,
             env=env,
@@ -556,7 +558,11 @@ def test_402_pages_and_top_up_resolves(stack: Stack) -> None:
         "account": DRAINING,
         "severity": "critical",
     }, "one alert per account: no replica, instance or job label"
-    assert alert["annotations"]["runbook_url"].endswith(f"/docs/runbooks/{INSUFFICIENT}.md")
+    # The runbook link opens the runbook the exporter serves, at its --web.external-url.
+    runbook = alert["annotations"]["runbook_url"]
+    assert runbook == f"{stack.exporter.replace('127.0.0.1', 'localhost')}/runbooks/{INSUFFICIENT}"
+    opened = stack.http.get(runbook)
+    assert opened.status_code == 200 and f"<h1>{INSUFFICIENT}</h1>" in opened.text
     assert DRAINING in alert["annotations"]["description"]
 
     # The on-call tops up; the next balance poll (10 s in the demo) sees the account available
