@@ -608,6 +608,12 @@ def test_compose_wrapper_runs_demo_without_key_and_real_mode_with_one(
         assert "starting the built-in demo" in demo.log
     finally:
         assert demo.stop() == 0, demo.log
+    # A command goes through as typed, key or not: the check, not the demo.
+    check = subprocess.run(
+        ["/bin/sh", str(WRAPPER), "balance"], env=image.env, capture_output=True, text=True
+    )
+    assert check.returncode == 2 and "no accounts configured" in check.stdout, check.stderr
+    assert "demo" not in check.stderr
 
     env = {**image.env, "DEEPSEEK_API_KEY": PROD_KEY}
     real = ExporterProcess(

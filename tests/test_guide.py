@@ -166,3 +166,18 @@ def test_runbook_commands_name_the_shipped_paths() -> None:
     for page in RUNBOOKS.glob("*.md"):
         for command in re.findall(r"kubectl exec (\S+)", page.read_text()):
             assert command == "deploy/deepseek-exporter", page.name
+
+
+def test_the_readme_configuration_reference_passes_config_check(tmp_path: Path) -> None:
+    reference = README.split("### Configuration", 1)[1].split("```yaml\n", 1)[1].split("```")[0]
+    config = tmp_path / "deepseek.yml"
+    config.write_text(reference)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPSEEK_")}
+    env |= {"DEEPSEEK_API_KEY_PROD": "sk-prod-from-env", "CHATBOT_TOKEN": "tok-chatbot"}
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "--config.file", str(config), "--config.check"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr

@@ -858,4 +858,6 @@ def test_standalone_prints_url_and_names_but_no_keys() -> None:
 
 def test_main_rejects_bad_address(capsys: pytest.CaptureFixture[str]) -> None:
     assert main("nonsense") == 2
-    assert "invalid listen address" in capsys.readouterr().err
+    assert capsys.readouterr().err.startswith(
+        'deepseek-exporter: --listen-address: "nonsense" is not host:port'
+    )
