@@ -12,13 +12,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import bcrypt
 import httpx
 import pytest
 import yaml
 
 from exporter.web import runbooks
 from tests.conftest import BackgroundLoop, require_binary
-from tests.harness import exporter_config, running_exporter, running_simulator
+from tests.harness import exporter_config, running_exporter, running_simulator, wait_until
+from tests.test_cli import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -181,3 +183,72 @@ def test_the_readme_configuration_reference_passes_config_check(tmp_path: Path) 
         text=True,
     )
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.e2e
+def test_prometheus_scrapes_over_tls_with_basic_auth_as_the_guide_says(tmp_path: Path) -> None:
+    """examples/prometheus/prometheus-tls.yml against an exporter with TLS and basic auth, in
+    a real Prometheus: only the target, the certificate files and the interval are changed."""
+    openssl, prometheus = require_binary("openssl"), require_binary("prometheus")
+    name = "deepseek-exporter.example.com"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-days", "1", "-subj", f"/CN={name}", "-addext", f"subjectAltName=DNS:{name}",
+         "-keyout", str(tmp_path / "server.key"), "-out", str(tmp_path / "server.crt")],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    password = "scrape-password"
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(4)).decode()
+    (tmp_path / "web.yml").write_text(
+        "tls_server_config: {cert_file: server.crt, key_file: server.key}\n"
+        f"basic_auth_users: {{prometheus: '{hashed}'}}\n"
+    )
+    web_port, prom_port = free_port(), free_port()
+    config = yaml.safe_load((EXAMPLES / "prometheus" / "prometheus-tls.yml").read_text())
+    config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    del config["alerting"]
+    job = config["scrape_configs"][0]
+    job["static_configs"] = [{"targets": [f"127.0.0.1:{web_port}"]}]
+    shutil.copy(tmp_path / "server.crt", tmp_path / job["tls_config"]["ca_file"])
+    (tmp_path / job["basic_auth"]["password_file"]).write_text(password + "\n")
+    shutil.copy(RULES, tmp_path / "deepseek-rules.yml")
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPSEEK_")}
+    exporter = subprocess.Popen(
+        [sys.executable, "-m", "exporter", "--demo", f"--web.listen-address=127.0.0.1:{web_port}",
+         f"--proxy.listen-address=127.0.0.1:{free_port()}",
+         f"--web.config.file={tmp_path / 'web.yml'}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    server = subprocess.Popen(
+        [prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
+         f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{prom_port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+
+        def up() -> bool:
+            try:
+                reply = httpx.get(
+                    f"http://127.0.0.1:{prom_port}/api/v1/query",
+                    params={"query": 'up{job="deepseek-exporter"} == 1'},
+                ).json()
+            except (httpx.TransportError, ValueError):
+                return False
+            return bool(reply.get("data", {}).get("result"))
+
+        wait_until(up, timeout=60)
+        # It is the exporter's data, not just a handshake: a series it alone exports.
+        reply = httpx.get(
+            f"http://127.0.0.1:{prom_port}/api/v1/query",
+            params={"query": "deepseek_exporter_build_info"},
+        ).json()
+        assert reply["data"]["result"], reply
+        # And the exporter really asks for the password.
+        anonymous = httpx.get(f"https://127.0.0.1:{web_port}/metrics", verify=False)
+        assert anonymous.status_code == 401
+    finally:
+        for process in (server, exporter):
+            process.terminate()
+            process.wait(20)
