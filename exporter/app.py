@@ -107,7 +107,8 @@ class ListenError(Exception):
 
 def _bind_error(flag: str, key: str, address: str, err: OSError) -> ListenError:
     # asyncio wraps the reason in "error while attempting to bind on address (...)".
-    reason = os.strerror(err.errno) if err.errno else str(err)
+    # A name that does not resolve is a socket.gaierror, whose errno is negative.
+    reason = os.strerror(err.errno) if err.errno and err.errno > 0 else err.strerror or str(err)
     return ListenError(f"cannot listen on {address} ({flag}, {key}): {reason.lower()}")
 
 

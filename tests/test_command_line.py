@@ -320,6 +320,23 @@ def test_exporter_on_a_busy_port_says_which_flag_and_address(tmp_path: Path) -> 
     )
 
 
+def test_a_listen_host_that_does_not_resolve_is_named(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.yml", "http://127.0.0.1:1", PROD)
+    result = run(
+        "--config.file",
+        str(config),
+        "--web.listen-address=nosuchhost.invalid:9402",
+        f"--proxy.listen-address=127.0.0.1:{free_port()}",
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    [error] = [line for line in result.stderr.splitlines() if "level=error" in line]
+    assert (
+        "cannot listen on nosuchhost.invalid:9402 (--web.listen-address, web.listen_address): "
+        in error
+    )
+    assert "[Errno" not in error and "unknown error" not in error
+
+
 def test_simulate_on_a_busy_port_is_one_line() -> None:
     holder, port = busy_port()
     with holder:

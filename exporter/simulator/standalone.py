@@ -92,7 +92,8 @@ def main(listen_address: str = "127.0.0.1:8080", flag: str = "--listen-address")
     try:
         run_standalone(host, port)
     except OSError as err:
-        reason = (os.strerror(err.errno) if err.errno else str(err)).lower()
+        known = err.errno is not None and err.errno > 0  # not a name that does not resolve
+        reason = (os.strerror(err.errno) if known else err.strerror or str(err)).lower()
         print(
             f"deepseek-exporter: cannot listen on {listen_address} ({flag}): {reason}",
             file=sys.stderr,
