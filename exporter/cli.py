@@ -34,6 +34,7 @@ from exporter.logs import LEVELS, setup_logging
 log = logging.getLogger("exporter")
 
 PROG = "deepseek-exporter"
+NO_ACCOUNTS = "no accounts: set DEEPSEEK_API_KEY, list accounts in --config.file, or try --demo"
 EXIT_USAGE = 2
 SERVE, BALANCE, SIMULATE = "serve", "balance", "simulate"
 # Where a flag given after a command lands in the namespace, to tell it from one given before.
@@ -418,15 +419,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from exporter.balance.check import check_balances
 
         return asyncio.run(check_balances(config))
-    if not config.accounts:
-        print(
-            "config error: no accounts: set DEEPSEEK_API_KEY, list accounts in --config.file, "
-            "or try --demo",
-            file=sys.stderr,
-        )
-        return 1
     if invocation.has("config_check"):
+        if not config.accounts:
+            print(f"config error: {NO_ACCOUNTS}", file=sys.stderr)
+            return 1
         print(f"config OK: {len(config.accounts)} account(s)")
         return 0
+    if not config.accounts:
+        # It runs (its pages and the proxy's "unknown" account work), but watches nothing.
+        log.warning("%s", NO_ACCOUNTS)
     loader = functools.partial(load_all, config_file, None, _overrides(invocation))
     return asyncio.run(serve(create_app(config, loader=loader, prices=prices)))
