@@ -25,7 +25,8 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from exporter import __version__
 from exporter.balance.collector import BalanceCollector
-from exporter.balance.poller import BalancePoller
+from exporter.balance.poller import BalancePoller, retention_for
+from exporter.balance.store import HistoryStore
 from exporter.clock import Clock
 from exporter.config import Config, ConfigError, load_config, split_listen_address
 from exporter.logs import RedactMalformedRequests
@@ -133,6 +134,7 @@ class Exporter:
         registry: CollectorRegistry | None = None,
         clock: Clock = time.time,
         prices: PriceTable | None = None,
+        storage: Path | None = None,
     ) -> None:
         self.config = config
         self.loader = loader
@@ -180,7 +182,14 @@ class Exporter:
         )
         self._external_url.labels(config.web.external_url or "").set(1)
 
-        self.poller = BalancePoller(config.deepseek, config.balance, config.accounts, clock=clock)
+        # Only a process that polls owns the history store: a proxy-only replica needs none.
+        # HistoryStore.open raises StorageLocked when another process holds the directory.
+        self.store: HistoryStore | None = None
+        if storage is not None and config.balance.poll_interval:
+            self.store = HistoryStore.open(storage, retention_for(config.balance), clock)
+        self.poller = BalancePoller(
+            config.deepseek, config.balance, config.accounts, clock=clock, store=self.store
+        )
         self.registry.register(BalanceCollector(self.poller, clock))
         self.metrics = ProxyMetrics(self.registry)
         self.proxy = Proxy(config, self.metrics, self.prices, self.poller, clock=clock)
@@ -427,6 +436,9 @@ class Exporter:
             live.close()
         await self.proxy.aclose()
         await self.poller.aclose()
+        if self.store is not None:
+            self.store.close()
+            self.store = None
 
 
 def create_app(config: Config, **options: Any) -> Exporter:

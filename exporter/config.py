@@ -74,7 +74,8 @@ class DeepSeekConfig:
 class BalanceConfig:
     poll_interval: float = 60.0  # 0 disables polling (proxy-only replicas)
     max_staleness: float = 300.0
-    forecast_window: float = 6 * 3600.0
+    # How much history the forecast learns the weekly spend profile from.
+    forecast_window: float = 28 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,8 @@ class AccountConfig:
     api_key: Secret
     low_balance_threshold: Decimal | None = None
     currency: str | None = None  # overrides the currency the balance reports, for cost
+    # DeepSeekSpendSpike stays quiet while the last hour's spend rate is below this, per day.
+    spend_spike_min_per_day: Decimal = Decimal(1)
 
 
 @dataclass(frozen=True)
@@ -303,9 +306,10 @@ def _mapping(path: str, value: Any, allowed: set[str]) -> dict[str, Any]:
 class _Secrets:
     """Resolves ``*_env`` / ``*_file`` / inline secrets; the only place keys are read from."""
 
-    def __init__(self, environ: Mapping[str, str], base_dir: Path) -> None:
+    def __init__(self, environ: Mapping[str, str], base_dir: Path, resolve: bool = True) -> None:
         self.environ = environ
         self.base_dir = base_dir
+        self.resolve_values = resolve
 
     def resolve(self, path: str, section: dict[str, Any], stem: str) -> Secret:
         given = [k for k in (f"{stem}_env", f"{stem}_file", stem) if k in section]
@@ -319,6 +323,8 @@ class _Secrets:
         if not isinstance(raw, str) or not raw:
             # Never echo the value: for an inline key it is the secret itself.
             raise ConfigError(f"{path}.{key}: must be a non-empty string")
+        if not self.resolve_values:  # the backtest needs the settings, never the keys
+            return Secret(f"<unresolved {path}>")
         if key.endswith("_env"):
             value = self.environ.get(raw, "")
             if not value:
@@ -349,9 +355,15 @@ def _optional_file(path: str, value: Any, base_dir: Path) -> Path | None:
     return file
 
 
-def _build(raw: Any, environ: Mapping[str, str], base_dir: Path) -> Config:
+def _file_name(path: str, value: Any, base_dir: Path) -> Path | None:
+    """A file the config names, not checked (when only the settings are wanted)."""
+    return None if value is None else base_dir / _string(path, value)
+
+
+def _build(raw: Any, environ: Mapping[str, str], base_dir: Path, resolve: bool = True) -> Config:
     top = _mapping("", raw, {"deepseek", "balance", "accounts", "web", "proxy", "pricing"})
-    secrets = _Secrets(environ, base_dir)
+    secrets = _Secrets(environ, base_dir, resolve)
+    optional_file = _optional_file if resolve else _file_name
 
     ds = _mapping("deepseek", top.get("deepseek"), {"base_url", "timeout"})
     deepseek = DeepSeekConfig(
@@ -367,7 +379,9 @@ def _build(raw: Any, environ: Mapping[str, str], base_dir: Path) -> Config:
             "balance.poll_interval", bal.get("poll_interval", "60s"), minimum=1, allow_zero=True
         ),
         max_staleness=_duration("balance.max_staleness", bal.get("max_staleness", "5m")),
-        forecast_window=_duration("balance.forecast_window", bal.get("forecast_window", "6h")),
+        forecast_window=_duration(
+            "balance.forecast_window", bal.get("forecast_window", "28d"), minimum=3600
+        ),
     )
     if balance.poll_interval and balance.max_staleness < balance.poll_interval:
         raise ConfigError("balance.max_staleness: must not be shorter than balance.poll_interval")
@@ -381,7 +395,15 @@ def _build(raw: Any, environ: Mapping[str, str], base_dir: Path) -> Config:
         acc = _mapping(
             path,
             item,
-            {"name", "api_key", "api_key_env", "api_key_file", "low_balance_threshold", "currency"},
+            {
+                "name",
+                "api_key",
+                "api_key_env",
+                "api_key_file",
+                "low_balance_threshold",
+                "currency",
+                "spend_spike_min_per_day",
+            },
         )
         name = _string(f"{path}.name", acc.get("name"))
         if not ACCOUNT_NAME_RE.match(name) or name == "unknown":
@@ -401,6 +423,9 @@ def _build(raw: Any, environ: Mapping[str, str], base_dir: Path) -> Config:
                 currency=None
                 if "currency" not in acc
                 else _currency(f"{path}.currency", acc["currency"]),
+                spend_spike_min_per_day=_amount(
+                    f"{path}.spend_spike_min_per_day", acc.get("spend_spike_min_per_day", 1)
+                ),
             )
         )
     seen_keys: dict[bytes, str] = {}
@@ -416,7 +441,7 @@ def _build(raw: Any, environ: Mapping[str, str], base_dir: Path) -> Config:
         listen_address=_listen_address(
             "web.listen_address", web_raw.get("listen_address", ":9402")
         ),
-        config_file=_optional_file("web.config_file", web_raw.get("config_file"), base_dir),
+        config_file=optional_file("web.config_file", web_raw.get("config_file"), base_dir),
         shutdown_timeout=_duration(
             "web.shutdown_timeout", web_raw.get("shutdown_timeout", "30s"), allow_zero=True
         ),
@@ -450,14 +475,12 @@ def _build(raw: Any, environ: Mapping[str, str], base_dir: Path) -> Config:
         listen_address=_listen_address("proxy.listen_address", px.get("listen_address", ":8402")),
         max_body_bytes=_positive_int("proxy.max_body_bytes", px.get("max_body_bytes", 16 << 20)),
         timeout=_duration("proxy.timeout", px.get("timeout", "10m")),
-        web_config_file=_optional_file(
-            "proxy.web_config_file", px.get("web_config_file"), base_dir
-        ),
+        web_config_file=optional_file("proxy.web_config_file", px.get("web_config_file"), base_dir),
         clients=tuple(clients),
     )
 
     pr = _mapping("pricing", top.get("pricing"), {"file"})
-    pricing = PricingConfig(file=_optional_file("pricing.file", pr.get("file"), base_dir))
+    pricing = PricingConfig(file=optional_file("pricing.file", pr.get("file"), base_dir))
 
     return Config(deepseek, balance, tuple(accounts), web, proxy, pricing)
 
@@ -493,10 +516,14 @@ def load_config(
     path: str | Path | None,
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, str | None] | None = None,
+    *,
+    resolve: bool = True,
 ) -> Config:
     """Read, validate and return the configuration, or raise ConfigError with one line.
 
-    Without a file, ``DEEPSEEK_API_KEY`` gives one account named ``default``.
+    Without a file, ``DEEPSEEK_API_KEY`` gives one account named ``default``. With
+    ``resolve=False`` (the backtest) keys are not read and the files the config names need not
+    exist: only the settings are wanted.
     """
     environ = os.environ if environ is None else environ
     if path is None:
@@ -523,7 +550,7 @@ def load_config(
             raise ConfigError(f"{file}: invalid YAML: nested too deeply") from None
         base_dir = file.parent
     try:
-        config = _build(raw, environ, base_dir)
+        config = _build(raw, environ, base_dir, resolve)
         for dest, value in (overrides or {}).items():
             if value is not None:
                 config = FLAG_OVERRIDES[dest](config, value)

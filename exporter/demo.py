@@ -14,6 +14,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import replace
 from decimal import Decimal
+from pathlib import Path
 
 from exporter.app import create_app, serve
 from exporter.config import (
@@ -66,13 +67,19 @@ def demo_config(
     return replace(config, deepseek=replace(config.deepseek, base_url=base_url))
 
 
-async def run_demo(simulator_address: str, overrides: Mapping[str, str | None]) -> int:
+async def run_demo(
+    simulator_address: str, overrides: Mapping[str, str | None], storage: Path | None = None
+) -> int:
     accounts = workload_accounts()
     simulator = Simulator(accounts, completion_tokens=200, chunk_interval=0.02)
     host, port = split_listen_address(simulator_address)
     base_url = await simulator.start(host or "127.0.0.1", port)
     log.info("demo: simulated DeepSeek API on %s (test-only control under /_simulator/)", base_url)
-    exporter = create_app(demo_config(base_url, accounts, overrides))
+    try:
+        exporter = create_app(demo_config(base_url, accounts, overrides), storage=storage)
+    except BaseException:
+        await simulator.stop()
+        raise
     exporter.demo_keys = dict(DEMO_KEYS)
 
     async def workload() -> None:

@@ -65,6 +65,8 @@ EXPORTED: dict[str, frozenset[str]] = {
         "deepseek_balance_spent_total": ("account", "currency"),
         "deepseek_balance_topups_total": ("account", "currency"),
         "deepseek_balance_burn_rate": ("account", "currency", "window"),
+        "deepseek_balance_burn_rate_baseline": ("account", "currency", "window"),
+        "deepseek_balance_spend_spike_min_burn_rate": ("account", "currency"),
         "deepseek_balance_exhaustion_seconds": ("account", "currency"),
         "deepseek_exporter_build_info": ("version",),
         "deepseek_exporter_config_last_reload_successful": (),

@@ -37,7 +37,7 @@ def test_every_documented_key(tmp_path: Path) -> None:
 deepseek: {base_url: "http://127.0.0.1:1234/", timeout: 2s}
 balance: {poll_interval: 30s, max_staleness: 2m, forecast_window: 1d}
 accounts:
-  - {name: prod, api_key_env: KEY_PROD, low_balance_threshold: "5.50"}
+  - {name: prod, api_key_env: KEY_PROD, low_balance_threshold: "5.50", spend_spike_min_per_day: 20}
   - {name: staging_2, api_key_file: key.txt, currency: USD}
   - {name: inline, api_key: k-inline, low_balance_threshold: 0}
 web: {listen_address: "127.0.0.1:9999", shutdown_timeout: 1m30s}
@@ -58,6 +58,7 @@ pricing: {file: prices.yaml}
     assert config.balance.forecast_window == 86400
     prod, staging, inline = config.accounts
     assert prod.api_key.reveal() == "k-prod" and prod.low_balance_threshold == Decimal("5.50")
+    assert prod.spend_spike_min_per_day == 20 and staging.spend_spike_min_per_day == 1
     assert staging.api_key.reveal() == "k-file" and staging.currency == "USD"
     assert inline.low_balance_threshold == 0
     assert config.web.listen_address == "127.0.0.1:9999" and config.web.shutdown_timeout == 90
@@ -74,6 +75,28 @@ def test_defaults_without_file_take_the_key_from_the_environment() -> None:
     assert config.deepseek.base_url == "https://api.deepseek.com"
     assert config.web.listen_address == ":9402" and config.proxy.listen_address == ":8402"
     assert load_config(None, environ={}).accounts == ()
+    assert config.balance.forecast_window == 28 * 86400
+
+
+def test_settings_without_keys_for_the_backtest(tmp_path: Path) -> None:
+    """The backtest reads the accounts' settings from a production config on a laptop: keys
+    and the files the config names are not read."""
+    file = tmp_path / "config.yml"
+    file.write_text(
+        "accounts:\n"
+        "  - {name: prod, api_key_env: NOT_SET_HERE, spend_spike_min_per_day: 5}\n"
+        "  - {name: other, api_key_file: /nonexistent/key, low_balance_threshold: 3}\n"
+        "web: {config_file: /nonexistent/web.yml}\n"
+    )
+    with pytest.raises(ConfigError):
+        load_config(file, environ={})
+    config = load_config(file, environ={}, resolve=False)
+    assert [a.spend_spike_min_per_day for a in config.accounts] == [5, 1]
+    assert "NOT_SET_HERE" not in repr(config) and config.accounts[1].low_balance_threshold == 3
+    bad = tmp_path / "bad.yml"
+    bad.write_text("accounts: [{name: prod, spend_spike_min_per_day: -2}]\n")
+    with pytest.raises(ConfigError, match="exactly one of api_key_env"):
+        load_config(bad, environ={}, resolve=False)
 
 
 def test_flags_override_the_file(tmp_path: Path) -> None:

@@ -7,7 +7,8 @@ from decimal import Decimal
 
 import pytest
 
-from exporter.balance.forecast import SpendTracker
+from exporter.balance.forecast import MIN_RETENTION, RESOLUTION, SpendTracker
+from exporter.balance.seasonal import WEEK
 
 HOUR = 3600.0
 
@@ -64,10 +65,23 @@ def test_no_estimate_from_a_single_observation() -> None:
     assert tracker.exhaustion_seconds(HOUR, 0) is None
 
 
-def test_history_is_bounded_by_retention() -> None:
+def test_history_is_compacted_to_one_observation_per_slot_and_bounded_by_retention() -> None:
+    # A poll a minute for ~3.5 days, kept for an hour: one observation per 5-minute slot (plus
+    # the latest), old ones dropped in batches of about a day.
     tracker = tracker_with([(i * 60.0, str(10000 - i)) for i in range(5000)], retention=HOUR)
-    assert len(tracker._times) <= 62
+    points = tracker.points()
+    assert [t for t, _ in points[:-1]] == [t for t in range(int(points[0][0]), 299_941, 300)]
+    assert points[-1] == (299_940.0, 4999.0)
+    assert points[0][0] >= 299_940 - HOUR - RESOLUTION - 288 * RESOLUTION
     assert tracker.burn_rate(HOUR, 4999 * 60) == pytest.approx(1 / 60)
+
+
+def test_the_latest_observation_is_kept_until_the_next_slot_begins() -> None:
+    tracker = tracker_with([(0, "10"), (60, "9"), (120, "8")])
+    assert tracker.points() == [(0.0, 0.0), (120.0, 2.0)]
+    tracker.observe(300, Decimal("7"))  # a new slot: 120 was not its slot's first, it goes
+    assert tracker.points() == [(0.0, 0.0), (300.0, 3.0)]
+    assert tracker.spent_total == 3
 
 
 def test_clock_going_backwards_is_ignored() -> None:
@@ -85,6 +99,7 @@ def test_reload_with_a_longer_forecast_window_extends_kept_history() -> None:
     balance = BalanceConfig(forecast_window=HOUR)
     poller = BalancePoller(DeepSeekConfig(), balance, (account,))
     state = poller.states["prod"]
+    assert state.retention == MIN_RETENTION  # five weeks at least, whatever the window
     state.trackers["CNY"] = SpendTracker(state.retention)
-    poller.reconfigure(DeepSeekConfig(), replace(balance, forecast_window=48 * HOUR), (account,))
-    assert poller.states["prod"].trackers["CNY"].retention == 48 * HOUR
+    poller.reconfigure(DeepSeekConfig(), replace(balance, forecast_window=8 * WEEK), (account,))
+    assert poller.states["prod"].trackers["CNY"].retention == 8 * WEEK

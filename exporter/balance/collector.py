@@ -8,6 +8,8 @@ Sample output::
     deepseek_balance{account="prod",currency="CNY"} 110.0
     deepseek_up{account="prod"} 1.0
     deepseek_balance_burn_rate{account="prod",currency="CNY",window="1h"} 0.0021
+    deepseek_balance_burn_rate_baseline{account="prod",currency="CNY",window="1h"} 0.0018
+    deepseek_balance_spend_spike_min_burn_rate{account="prod",currency="CNY"} 1.157e-05
     deepseek_balance_exhaustion_seconds{account="prod",currency="CNY"} 52380.9
 """
 
@@ -20,6 +22,7 @@ from prometheus_client.registry import Collector
 
 from exporter.balance.forecast import BURN_RATE_WINDOWS
 from exporter.balance.poller import BalancePoller
+from exporter.balance.seasonal import DAY
 from exporter.clock import Clock
 
 
@@ -89,9 +92,23 @@ class BalanceCollector(Collector):
             "Spend per second over the window (the covered span while less history exists).",
             ["account", "currency", "window"],
         )
+        baseline = gauge(
+            "deepseek_balance_burn_rate_baseline",
+            "Usual spend per second over the window at this time of the week: the average of "
+            "the same window 1 to 4 weeks ago (or of the hour after, when larger); absent until "
+            "a week of history exists.",
+            ["account", "currency", "window"],
+        )
+        spike_floor = gauge(
+            "deepseek_balance_spend_spike_min_burn_rate",
+            "Configured spend_spike_min_per_day, as spend per second: DeepSeekSpendSpike stays "
+            "quiet below it.",
+            ["account", "currency"],
+        )
         exhaustion = gauge(
             "deepseek_balance_exhaustion_seconds",
-            "Seconds until the balance reaches zero at the forecast-window burn rate.",
+            "Seconds until the balance reaches zero, spending along the weekly profile of the "
+            "forecast window; +Inf when nothing is spent.",
             ["account", "currency"],
         )
 
@@ -104,8 +121,24 @@ class BalanceCollector(Collector):
             if state.last_success is not None:
                 last_success.add_metric([name], state.last_success)
             for currency, tracker in state.trackers.items():
-                spent.add_metric([name, currency], float(tracker.spent_total))
-                topups.add_metric([name, currency], tracker.topups_total)
+                labels = [name, currency]
+                spent.add_metric(labels, float(tracker.spent_total))
+                topups.add_metric(labels, tracker.topups_total)
+                # From the tracker's own latest observation: after a restart the stored history
+                # gives burn rates and a forecast before the first poll has answered.
+                last_at = tracker.last_at
+                if last_at is None or now - last_at > max_staleness:
+                    continue
+                for window_name, window in BURN_RATE_WINDOWS.items():
+                    rate = tracker.burn_rate(window, now)
+                    if rate is not None:
+                        burn.add_metric([*labels, window_name], rate)
+                    usual = tracker.baseline_rate(window)
+                    if usual is not None:
+                        baseline.add_metric([*labels, window_name], usual)
+                seconds = tracker.exhaustion_seconds(forecast_window, now)
+                if seconds is not None:
+                    exhaustion.add_metric(labels, seconds)
             reply = state.last_reply
             if reply is None or not state.is_fresh(now, max_staleness):
                 continue
@@ -117,14 +150,7 @@ class BalanceCollector(Collector):
                 topped_up.add_metric(labels, float(balance.topped_up))
                 if state.account.low_balance_threshold is not None:
                     threshold.add_metric(labels, float(state.account.low_balance_threshold))
-                tracker = state.trackers[balance.currency]
-                for window_name, window in BURN_RATE_WINDOWS.items():
-                    rate = tracker.burn_rate(window, now)
-                    if rate is not None:
-                        burn.add_metric([*labels, window_name], rate)
-                seconds = tracker.exhaustion_seconds(forecast_window, now)
-                if seconds is not None:
-                    exhaustion.add_metric(labels, seconds)
+                spike_floor.add_metric(labels, float(state.account.spend_spike_min_per_day) / DAY)
 
         yield from (total, granted, topped_up, available, threshold, up, last_success, duration)
-        yield from (errors, spent, topups, burn, exhaustion)
+        yield from (errors, spent, topups, burn, baseline, spike_floor, exhaustion)

@@ -10,19 +10,29 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import httpx
 
 from exporter.balance.client import POLL_ERROR_REASONS, BalanceReply, PollError, fetch_balance
-from exporter.balance.forecast import BURN_RATE_WINDOWS, SpendTracker
-from exporter.balance.history import BalanceHistory
+from exporter.balance.forecast import MIN_RETENTION, SpendTracker
+from exporter.balance.history import WEEK, BalanceHistory
+from exporter.balance.store import HistoryStore
 from exporter.clock import Clock
 from exporter.config import AccountConfig, BalanceConfig, DeepSeekConfig
 
 log = logging.getLogger(__name__)
 
 JITTER = 0.1  # +-10 % of the interval
+
+# Fetches one account's balance: the HTTP client by default, a recorded history in the backtest.
+Fetch = Callable[[AccountConfig], Awaitable[BalanceReply]]
+
+
+def retention_for(balance: BalanceConfig) -> float:
+    """How much history trackers and the store keep: five weeks, or the forecast window."""
+    return max(MIN_RETENTION, balance.forecast_window)
 
 
 @dataclass
@@ -40,6 +50,25 @@ class AccountState:
     errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(POLL_ERROR_REASONS, 0))
     trackers: dict[str, SpendTracker] = field(default_factory=dict)
     history: dict[str, BalanceHistory] = field(default_factory=dict)  # for the status page
+    store: HistoryStore | None = None
+
+    def restore(self) -> None:
+        """Continue the history the store kept for this account (after a restart): the
+        trackers, and the status page's week of balances."""
+        if self.store is None:
+            return
+        for currency in self.store.currencies(self.account.name):
+            stored = self.store.load(self.account.name, currency)
+            if stored is None:
+                continue
+            self.trackers[currency] = SpendTracker.restore(
+                self.retention, stored.points, stored.latest
+            )
+            week = BalanceHistory()
+            since = stored.latest.at - WEEK
+            for at, balance in self.store.balance_series(self.account.name, currency, since):
+                week.observe(at, balance)
+            self.history[currency] = week
 
     def record_success(self, reply: BalanceReply, at: float, duration: float) -> None:
         self.polled, self.up = True, True
@@ -47,8 +76,11 @@ class AccountState:
         self.last_error = None
         for balance in reply.balances:
             tracker = self.trackers.setdefault(balance.currency, SpendTracker(self.retention))
-            tracker.observe(at, balance.total)
             self.history.setdefault(balance.currency, BalanceHistory()).observe(at, balance.total)
+            if tracker.observe(at, balance.total) and self.store is not None:
+                latest = tracker.latest
+                assert latest is not None
+                self.store.record(self.account.name, balance.currency, latest)
 
     def record_failure(self, error: PollError, duration: float) -> None:
         self.polled, self.up = True, False
@@ -71,12 +103,16 @@ class BalancePoller:
         *,
         clock: Clock = time.time,
         client: httpx.AsyncClient | None = None,
+        store: HistoryStore | None = None,
+        fetch: Fetch | None = None,
         log_failures: bool = True,
     ) -> None:
         self.clock = clock
+        self.store = store
         # The one-shot check prints failures in its table: a log line too would say it twice.
         self.log_failures = log_failures
         self._client = client or httpx.AsyncClient(follow_redirects=False)
+        self._fetch = fetch or self._fetch_over_http
         self.states: dict[str, AccountState] = {}
         self.reconfigure(deepseek, balance, accounts)
 
@@ -86,7 +122,9 @@ class BalancePoller:
         """Apply a reloaded config, keeping history of accounts that stay (same name and key)."""
         old = self.states
         self.deepseek, self.balance = deepseek, balance
-        retention = max(max(BURN_RATE_WINDOWS.values()), balance.forecast_window)
+        retention = retention_for(balance)
+        if self.store is not None:
+            self.store.retention = retention
         self.states = {}
         for account in accounts:
             state = old.get(account.name)
@@ -96,7 +134,9 @@ class BalancePoller:
                     tracker.retention = retention
                 self.states[account.name] = state
             else:
-                self.states[account.name] = AccountState(account=account, retention=retention)
+                state = AccountState(account=account, retention=retention, store=self.store)
+                state.restore()
+                self.states[account.name] = state
 
     @property
     def enabled(self) -> bool:
@@ -115,12 +155,15 @@ class BalancePoller:
     def ready(self) -> bool:
         return not self.enabled or all(s.polled for s in self.states.values())
 
+    async def _fetch_over_http(self, account: AccountConfig) -> BalanceReply:
+        return await fetch_balance(
+            self._client, self.deepseek.base_url, account.api_key, self.deepseek.timeout
+        )
+
     async def poll_account(self, state: AccountState) -> None:
         started = time.perf_counter()
         try:
-            reply = await fetch_balance(
-                self._client, self.deepseek.base_url, state.account.api_key, self.deepseek.timeout
-            )
+            reply = await self._fetch(state.account)
         except PollError as error:
             state.record_failure(error, time.perf_counter() - started)
             if not self.log_failures:
