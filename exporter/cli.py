@@ -1,4 +1,5 @@
-"""Command line: `deepseek-exporter` serves, `balance` checks once, `simulate` fakes the API.
+"""Command line: `deepseek-exporter` serves, `balance` checks once, `simulate` fakes the API,
+`backtest` replays a balance history.
 
 No flag is ever dropped or ignored. Every flag is accepted before and after a command and means
 the same in both places; a flag given twice, a flag that does not apply to the command, or two
@@ -21,6 +22,7 @@ from typing import Any, NoReturn
 
 from exporter import __version__
 from exporter.app import create_app, load_all, serve
+from exporter.balance.store import StorageLocked
 from exporter.config import (
     ConfigError,
     parse_duration,
@@ -36,7 +38,7 @@ log = logging.getLogger("exporter")
 PROG = "deepseek-exporter"
 NO_ACCOUNTS = "no accounts: set DEEPSEEK_API_KEY, list accounts in --config.file, or try --demo"
 EXIT_USAGE = 2
-SERVE, BALANCE, SIMULATE = "serve", "balance", "simulate"
+SERVE, BALANCE, SIMULATE, BACKTEST = "serve", "balance", "simulate", "backtest"
 # Where a flag given after a command lands in the namespace, to tell it from one given before.
 AFTER = "after_"
 
@@ -87,15 +89,17 @@ class Flag:
         return self.name.lstrip("-").replace(".", "_").replace("-", "_")
 
 
-_EVERYWHERE = frozenset({SERVE, BALANCE, SIMULATE})
+_EVERYWHERE = frozenset({SERVE, BALANCE, SIMULATE, BACKTEST})
 _READERS = frozenset({SERVE, BALANCE})  # the commands that read the configuration
 _SERVER = frozenset({SERVE})
+_BACKTEST = frozenset({BACKTEST})
 
 FLAGS: tuple[Flag, ...] = (
     Flag(
         "--config.file",
-        "YAML configuration file (default: one account named default from $DEEPSEEK_API_KEY)",
-        _READERS,
+        "YAML configuration file (default: one account named default from $DEEPSEEK_API_KEY; "
+        "backtest: the accounts' settings, keys are not read)",
+        _READERS | _BACKTEST,
         "FILE",
         _existing_file,
     ),
@@ -148,6 +152,36 @@ FLAGS: tuple[Flag, ...] = (
         _listen_address,
     ),
     Flag(
+        "--storage.path",
+        "directory of the balance history that survives restarts (default data/, none with "
+        "--demo); an empty value disables storing",
+        _SERVER,
+        "DIR",
+    ),
+    Flag(
+        "--history",
+        "backtest: the balance history to replay, CSV (timestamp,account,currency,balance) or "
+        "the JSON of Prometheus' /api/v1/query_range for deepseek_balance; - reads standard input",
+        _BACKTEST,
+        "FILE",
+    ),
+    Flag(
+        "--rules",
+        "backtest: instead of the metrics, print when each alert of this rule file would have "
+        "fired (runs promtool test rules)",
+        _BACKTEST,
+        "FILE",
+        _existing_file,
+    ),
+    Flag(
+        "--promtool",
+        "backtest: the promtool binary for --rules (default promtool, from PATH)",
+        _BACKTEST,
+        "PATH",
+        None,
+        "promtool",
+    ),
+    Flag(
         "--log.level",
         "only log messages of this level or above: debug, info, warn, error (default info)",
         _EVERYWHERE,
@@ -195,7 +229,12 @@ CONFLICTS: tuple[tuple[str, str, str], ...] = (
     ("--demo", "--deepseek.base-url", "the demo talks to its own simulated API"),
 )
 # A flag that means something only together with another.
-REQUIRES: tuple[tuple[str, str], ...] = (("--demo.simulator-address", "--demo"),)
+REQUIRES: tuple[tuple[str, str], ...] = (
+    ("--demo.simulator-address", "--demo"),
+    ("--promtool", "--rules"),
+)
+# Flags a command cannot run without.
+REQUIRED: dict[str, tuple[str, ...]] = {BACKTEST: ("--history",)}
 # Near misses worth a hint when a flag does not apply to a command.
 HINTS = {
     (SERVE, "--listen-address"): "--web.listen-address",
@@ -209,11 +248,16 @@ DESCRIPTIONS = {
     SIMULATE: "Serve a simulated DeepSeek API on its own, with four demo accounts (keys "
     '"sk-sim-" + account name) and unauthenticated test-only control endpoints under '
     "/_simulator/. It listens on loopback unless told otherwise.",
+    BACKTEST: "Replay a balance history through the exporter's own code and write, in "
+    "OpenMetrics with a timestamp on every sample (what promtool tsdb create-blocks-from "
+    "openmetrics backfills), every balance metric it would have exposed at each input time; "
+    "or, with --rules, when each alert would have fired.",
 }
 EPILOGS = {
     SERVE: "commands (each has --help):\n"
     "  balance    poll every account once, print a table, exit 0 ok / 1 low / 2 error\n"
-    "  simulate   serve the simulated DeepSeek API on its own\n\n"
+    "  simulate   serve the simulated DeepSeek API on its own\n"
+    "  backtest   replay a balance history: the metrics, or when each alert would have fired\n\n"
     "Flags work before and after a command. Without DEEPSEEK_API_KEY or --config.file there\n"
     "is nothing to watch: try --demo. Exit status: 0 after a clean shutdown, 1 when the\n"
     "configuration is refused or a listener cannot bind, 2 for a bad command line.",
@@ -227,6 +271,11 @@ EPILOGS = {
     "  prod     CNY       110.00  10.00    100.00     yes        ok",
     SIMULATE: "exit status: 0 after SIGINT or SIGTERM, 1 when it cannot listen, "
     "2 for a bad command line.",
+    BACKTEST: "exit status: 0 replayed, 1 bad input (one line naming the row; nothing "
+    "written), 2 for a bad command line.\n\n"
+    "examples:\n"
+    "  deepseek-exporter backtest --history=history.csv --config.file=deepseek.yml > replay.om\n"
+    "  deepseek-exporter backtest --history=range.json --rules=deepseek-rules.yml",
 }
 
 
@@ -245,7 +294,7 @@ def _rephrase(message: str) -> str:
             return f"{flag}: needs a value"
         if flag == "COMMAND" and "invalid choice" in problem:
             given = problem.split("'")[1] if "'" in problem else problem
-            return f'unknown command "{given}" (commands: {BALANCE}, {SIMULATE})'
+            return f'unknown command "{given}" (commands: {BALANCE}, {SIMULATE}, {BACKTEST})'
         return f"{flag}: {problem}"
     if message.startswith("unrecognized arguments: "):
         first = message.removeprefix("unrecognized arguments: ").split()[0]
@@ -309,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     _add_flags(parser, SERVE, "")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for command in (BALANCE, SIMULATE):
+    for command in (BALANCE, SIMULATE, BACKTEST):
         sub = commands.add_parser(
             command,
             help=DESCRIPTIONS[command],
@@ -342,7 +391,7 @@ def _refuse_unknown_flags(argv: Sequence[str]) -> None:
     for arg in argv:
         if arg == "--":
             return
-        if arg.startswith("-") and arg.split("=", 1)[0] not in known:
+        if arg.startswith("-") and arg != "-" and arg.split("=", 1)[0] not in known:
             raise UsageError(f"unknown flag {arg.split('=', 1)[0]} (see --help)")
 
 
@@ -373,6 +422,9 @@ def parse_command_line(argv: Sequence[str] | None) -> Invocation:
     for flag, needed in REQUIRES:
         if flag in names and needed not in names:
             raise UsageError(f"{flag} needs {needed}")
+    for needed in REQUIRED.get(command, ()):
+        if needed not in names:
+            raise UsageError(f"{command} needs {needed}")
     return Invocation(command, given)
 
 
@@ -401,14 +453,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         from exporter.simulator.standalone import main as simulate
 
         return simulate(invocation.get("listen_address"), flag="--listen-address")
+    if invocation.command == BACKTEST:
+        from exporter.balance.backtest import run_backtest
+
+        return run_backtest(
+            invocation.get("history"),
+            invocation.get("config_file"),
+            invocation.get("rules"),
+            invocation.get("promtool"),
+        )
+    # Prometheus' flag and default; --demo stores nothing unless asked to.
+    storage = invocation.get("storage_path")
+    if storage is None:
+        storage = "" if invocation.has("demo") else "data"
+    storage_path = Path(storage) if storage else None
     if invocation.has("demo"):
         from exporter.demo import run_demo
 
-        return asyncio.run(
-            run_demo(
-                invocation.get("demo_simulator_address") or "127.0.0.1:0", _overrides(invocation)
+        try:
+            return asyncio.run(
+                run_demo(
+                    invocation.get("demo_simulator_address") or "127.0.0.1:0",
+                    _overrides(invocation),
+                    storage_path,
+                )
             )
-        )
+        except StorageLocked as err:
+            log.error("%s", err)
+            return 1
     config_file = invocation.get("config_file")
     try:
         config, prices = load_all(config_file, overrides=_overrides(invocation))
@@ -429,4 +501,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # It runs (its pages and the proxy's "unknown" account work), but watches nothing.
         log.warning("%s", NO_ACCOUNTS)
     loader = functools.partial(load_all, config_file, None, _overrides(invocation))
-    return asyncio.run(serve(create_app(config, loader=loader, prices=prices)))
+    try:
+        exporter = create_app(config, loader=loader, prices=prices, storage=storage_path)
+    except StorageLocked as err:
+        log.error("%s", err)
+        return 1
+    return asyncio.run(serve(exporter))

@@ -13,3 +13,16 @@ Clock = Callable[[], float]
 """Unix time in seconds, like :func:`time.time`."""
 
 system_clock: Clock = time.time
+
+
+class ManualClock:
+    """A clock that stands still until it is set: the backtest's (it replays, it never waits)."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def set(self, now: float) -> None:
+        self.now = now

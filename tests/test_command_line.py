@@ -204,7 +204,27 @@ def test_a_bad_value_names_the_flag_and_the_value(args: list[str], message: str)
         ),
         (["--conf", "deepseek.yml"], "unknown flag --conf (see --help)"),
         (["balance", "--config=deepseek.yml"], "unknown flag --config (see --help)"),
-        (["balanse"], 'unknown command "balanse" (commands: balance, simulate)'),
+        (["balanse"], 'unknown command "balanse" (commands: balance, simulate, backtest)'),
+        (["backtest"], "backtest needs --history"),
+        (["--config.file", "README.md", "backtest"], "backtest needs --history"),
+        (
+            ["backtest", "--history=h.csv", "--web.listen-address", ":1"],
+            "--web.listen-address does not apply to backtest",
+        ),
+        (
+            ["--promtool", "/usr/bin/promtool", "backtest", "--history", "-"],
+            "--promtool needs --rules",
+        ),
+        (
+            ["backtest", "--history", "-", "--rules", "nowhere.yml"],
+            '--rules: "nowhere.yml": no such file',
+        ),
+        (["--storage.path", "data", "balance"], "--storage.path does not apply to balance"),
+        (
+            ["backtest", "--history", "-", "--storage.path=data"],
+            "--storage.path does not apply to backtest",
+        ),
+        (["--history", "h.csv"], "--history does not apply without a command"),
         (["balance", "extra"], 'unexpected argument "extra" (see --help)'),
     ],
 )
@@ -221,6 +241,8 @@ def test_every_command_and_flag_has_help() -> None:
         "--log.level LEVEL only log messages of this level or above",
         "--log.format FORMAT log line format: logfmt or json",
         "--web.external-url URL the URL people and Alertmanager reach this exporter at",
+        "--storage.path DIR directory of the balance history that survives restarts",
+        "backtest replay a balance history",
     ):
         assert described in main
     balance = run("balance", "--help")
@@ -236,6 +258,10 @@ def test_every_command_and_flag_has_help() -> None:
     assert "simulate: where the simulated API listens" in simulate
     assert "127.0.0.1:8080" in simulate and line
     assert "--config.file" not in simulate
+    backtest = run("backtest", "--help").stdout
+    for flag in ("--history FILE", "--config.file FILE", "--rules FILE", "--promtool PATH"):
+        assert flag in backtest
+    assert "--web.listen-address" not in backtest and "exit status: 0 replayed" in backtest
 
 
 # ---- durations --------------------------------------------------------------------------------
