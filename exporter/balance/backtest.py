@@ -290,6 +290,7 @@ class OpenMetricsWriter:
         self._families: dict[str, tuple[str, str]] = {}  # name -> (type, help), in first-seen order
         self._series: dict[str, dict[str, tempfile.SpooledTemporaryFile[str]]] = {}
         self._files = contextlib.ExitStack()
+        self._keys: dict[tuple[str, ...], str] = {}  # (name, *labels) -> the sample's text
 
     def add(self, families: Iterable[Metric], at: float) -> None:
         stamp = _format_time(at)
@@ -301,7 +302,10 @@ class OpenMetricsWriter:
                 self._series[family.name] = {}
             series = self._series[family.name]
             for sample in family.samples:
-                key = sample.name + _labels(sample.labels)
+                cache_key = (sample.name, *sample.labels.items())
+                key = self._keys.get(cache_key)
+                if key is None:
+                    key = self._keys[cache_key] = sample.name + _labels(sample.labels)
                 buffer = series.get(key)
                 if buffer is None:
                     # Closed with the others by close(), after write().

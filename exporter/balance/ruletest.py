@@ -15,6 +15,7 @@ scrape times (Prometheus' ``query_range`` and the generated histories are on one
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import re
 import subprocess
@@ -22,8 +23,6 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import yaml
 
 from exporter import __version__
 
@@ -145,8 +144,9 @@ def build_test(series: Series, rules: Path, checks: Iterable[int] | None = None)
 def run_promtool(test: dict, promtool: str = "promtool", timeout: float = 600) -> str:
     """Run ``promtool test rules`` on ``test``; its report (stdout and stderr)."""
     with tempfile.TemporaryDirectory(prefix="deepseek-ruletest-") as tmp:
+        # JSON is YAML too, and Python writes it a hundred times faster than a YAML emitter.
         path = Path(tmp) / "test.yml"
-        path.write_text(yaml.safe_dump(test, sort_keys=False, width=1 << 30), encoding="utf-8")
+        path.write_text(json.dumps(test), encoding="utf-8")
         try:
             proc = subprocess.run(
                 [promtool, "test", "rules", str(path)],

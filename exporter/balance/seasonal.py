@@ -101,19 +101,25 @@ def hourly_profile(
 
 
 def _fill(sums: list[float], counts: list[int], average: float) -> list[float]:
-    def pooled(indices: range | list[int]) -> float | None:
-        n = sum(counts[i] for i in indices)
-        return sum(sums[i] for i in indices) / n if n else None
-
+    # Pooled sums and counts per hour of the day: for days of each kind, and for any day.
+    kind_sums, kind_counts = [0.0] * 48, [0] * 48  # index: hour of day + 24 if weekend
+    day_sums, day_counts = [0.0] * 24, [0] * 24
+    for index in range(HOURS_PER_WEEK):
+        if counts[index]:
+            kind = index % 24 + (24 if is_weekend(index) else 0)
+            kind_sums[kind] += sums[index]
+            kind_counts[kind] += counts[index]
+            day_sums[index % 24] += sums[index]
+            day_counts[index % 24] += counts[index]
     profile: list[float] = []
     for index in range(HOURS_PER_WEEK):
-        hour_of_day = index % 24
-        same_hour = range(hour_of_day, HOURS_PER_WEEK, 24)
-        same_kind = [i for i in same_hour if is_weekend(i) == is_weekend(index)]
-        for estimate in (pooled([index]), pooled(same_kind), pooled(same_hour)):
-            if estimate is not None:
-                profile.append(estimate)
-                break
+        kind = index % 24 + (24 if is_weekend(index) else 0)
+        if counts[index]:
+            profile.append(sums[index] / counts[index])
+        elif kind_counts[kind]:
+            profile.append(kind_sums[kind] / kind_counts[kind])
+        elif day_counts[index % 24]:
+            profile.append(day_sums[index % 24] / day_counts[index % 24])
         else:
             profile.append(average)
     return profile
