@@ -113,7 +113,11 @@ def test_balance_with_only_the_environment_key(sim: Simulator) -> None:
 
 
 class Process:
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    """The exporter as a user starts it; ``cwd`` is where the default ``data/`` store goes."""
+
+    def __init__(
+        self, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> None:
         self.web = f"http://127.0.0.1:{free_port()}"
         self.proxy = f"http://127.0.0.1:{free_port()}"
         self.popen = subprocess.Popen(
@@ -129,6 +133,7 @@ class Process:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            cwd=cwd,
         )
 
     def wait_ready(self, timeout: float = 20) -> None:
@@ -156,7 +161,7 @@ class Process:
 
 def test_sighup_reloads_and_a_bad_file_keeps_the_old_config(tmp_path: Path, sim: Simulator) -> None:
     config = write_config(tmp_path / "c.yml", sim.base_url, PROD)
-    process = Process("--config.file", str(config))
+    process = Process("--config.file", str(config), cwd=tmp_path)
     try:
         process.wait_ready()
         assert ("deepseek_up", frozenset({"account": "usd"}.items())) not in process.samples()
@@ -190,7 +195,7 @@ def test_sighup_reloads_and_a_bad_file_keeps_the_old_config(tmp_path: Path, sim:
 def test_sigterm_lets_an_in_flight_stream_finish(tmp_path: Path, sim: Simulator) -> None:
     sim.stream_chunks, sim.chunk_interval = 20, 0.05  # a one-second stream
     config = write_config(tmp_path / "c.yml", sim.base_url, PROD)
-    process = Process("--config.file", str(config), "--web.shutdown-timeout", "10s")
+    process = Process("--config.file", str(config), "--web.shutdown-timeout", "10s", cwd=tmp_path)
     try:
         process.wait_ready()
         body = {
@@ -214,9 +219,9 @@ def test_sigterm_lets_an_in_flight_stream_finish(tmp_path: Path, sim: Simulator)
         process.output()
 
 
-def test_demo_runs_without_a_key_and_meters_its_workload() -> None:
+def test_demo_runs_without_a_key_and_meters_its_workload(tmp_path: Path) -> None:
     env = {k: v for k, v in ENV.items() if k != "DEEPSEEK_API_KEY"}
-    process = Process("--demo", env=env)
+    process = Process("--demo", env=env, cwd=tmp_path)
     try:
         process.wait_ready()
 
@@ -240,6 +245,7 @@ def test_demo_runs_without_a_key_and_meters_its_workload() -> None:
         output = process.output()
     # The demo's keys are fixed and fake, and printed on purpose for people to paste.
     assert "sk-demo-steady" in output and "sk-demo-draining" in output
+    assert not (tmp_path / "data").exists(), "the demo stores nothing unless asked"
 
 
 def test_simulate_subcommand_serves_the_api() -> None:
@@ -276,6 +282,10 @@ def test_version_and_help() -> None:
         "--log.level",
         "--log.format",
         "--deepseek.base-url",
+        "--storage.path",
         "--demo",
     ):
         assert flag in help_text
+    backtest_help = run("backtest", "--help").stdout
+    for flag in ("--history", "--config.file", "--rules", "--promtool"):
+        assert flag in backtest_help
