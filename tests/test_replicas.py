@@ -42,7 +42,9 @@ from tests.test_deploy import ExporterProcess
 ROOT = Path(__file__).resolve().parent.parent
 RULES_FILE = ROOT / "alerts" / "deepseek-rules.yml"
 DASHBOARD = ROOT / "grafana" / "dashboards" / "deepseek-overview.json"
-JOB = "deepseek-exporter"
+# The job name a Prometheus Operator ServiceMonitor generates: the rules and the dashboard work
+# under it unchanged (the end-to-end alerting test uses yet another, "deepseek").
+JOB = "serviceMonitor/monitoring/deepseek-exporter/0"
 REPLICAS = 3
 RICH_KEY, DRAIN_KEY = "sk-test-rich-0123456789", "sk-test-drain-9876543210"
 DEADLINE = 25.0  # seconds any one condition may take to become true
@@ -223,10 +225,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                     "--web.listen-address=127.0.0.1:0",
                     "--proxy.listen-address=127.0.0.1:0",
                     "--web.shutdown-timeout=2s",
+                    f"--storage.path={tmp / f'replica-{i}'}",
                 ],
                 env,
             )
-            for _ in range(REPLICAS)
+            for i in range(REPLICAS)
         ]
         prometheus: Prometheus | None = None
         try:
@@ -446,6 +449,7 @@ def test_proxy_only_replica_meters_without_polling(tmp_path: Path) -> None:
                 "--proxy.listen-address=127.0.0.1:0",
             ],
             env,
+            cwd=tmp_path,
         )
         try:
             exporter.wait_for_listeners("metrics", "proxy")
@@ -470,3 +474,4 @@ def test_proxy_only_replica_meters_without_polling(tmp_path: Path) -> None:
             assert not [r for r in simulator.requests() if r.endpoint == "balance"]
         finally:
             assert exporter.stop() == 0, exporter.log
+        assert not (tmp_path / "data").exists(), "a proxy-only replica needs no store"
