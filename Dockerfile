@@ -7,9 +7,11 @@
 #     deepseek-exporter --config.file=/etc/deepseek-exporter/deepseek.yml
 #
 # Keys come from the environment (DEEPSEEK_API_KEY, or the api_key_env names of the config) or
-# from mounted files (api_key_file). The image runs as uid 10001, writes nothing and works on a
-# read-only root filesystem. Tested without an engine by tests/test_deploy.py, which runs the
-# build stage's RUN steps into a fresh virtual environment and then the ENTRYPOINT and HEALTHCHECK.
+# from mounted files (api_key_file). The image runs as uid 10001 and works on a read-only root
+# filesystem: the one thing it writes, the balance history (--storage.path, default data/ in the
+# working directory), lives in the volume /var/lib/deepseek-exporter. Tested without an engine
+# by tests/test_deploy.py, which runs the build stage's RUN steps into a fresh virtual
+# environment and then the ENTRYPOINT and HEALTHCHECK.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -37,8 +39,14 @@ ENV PATH="$VIRTUAL_ENV/bin:$PATH" \
     DEEPSEEK_EXPORTER_HEALTHCHECK_URL=http://127.0.0.1:9402/-/healthy
 RUN groupadd --system --gid 10001 exporter \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
-      --shell /usr/sbin/nologin exporter
+      --shell /usr/sbin/nologin exporter \
+ && mkdir -p /var/lib/deepseek-exporter \
+ && chown 10001:10001 /var/lib/deepseek-exporter
 COPY --from=build /opt/venv /opt/venv
+# The balance history survives restarts here (data/history.db); a proxy-only replica
+# (poll_interval: 0s) writes nothing.
+WORKDIR /var/lib/deepseek-exporter
+VOLUME ["/var/lib/deepseek-exporter"]
 USER 10001:10001
 # 9402: /metrics, landing page, /-/healthy, /-/ready, /-/reload.  8402: the metering proxy.
 EXPOSE 9402 8402

@@ -8,7 +8,7 @@
   provisioning points at the compose services, the exporter wrapper picks demo or real mode.
 - ``deploy/kubernetes``: ``kubectl kustomize`` builds it, every built object validates against
   the Kubernetes JSON schemas of ``kubernetes-validate`` (strict), the CRDs (ServiceMonitor,
-  PrometheusRule) structurally; the objects fit together (labels, ports, uid, job name) and the
+  PrometheusRule) structurally; the objects fit together (labels, ports, uid, volumes) and the
   PrometheusRule carries exactly ``alerts/deepseek-rules.yml``.
 """
 
@@ -50,7 +50,7 @@ WRAPPER = COMPOSE_DIR / "exporter-entrypoint.sh"
 KUSTOMIZE_DIR = ROOT / "deploy" / "kubernetes"
 RULES_FILE = ROOT / "alerts" / "deepseek-rules.yml"
 GENERATOR = ROOT / "scripts" / "gen-prometheusrule"
-JOB = "deepseek-exporter"  # the job the rules select
+JOB = "deepseek-exporter"  # the job name the ServiceMonitor gives (the rules need none)
 METRICS_PORT, PROXY_PORT = 9402, 8402  # the README's defaults
 
 
@@ -323,6 +323,7 @@ class InstalledImage:
     env: dict[str, str]  # the runtime stage's environment, paths mapped under rootfs
     entrypoint: list[str]
     healthcheck: list[str]
+    workdir: Path  # the runtime WORKDIR under rootfs: where the default data/ store goes
 
 
 def _stages() -> tuple[Stage, Stage]:
@@ -402,22 +403,28 @@ def replay_dockerfile(rootfs: Path) -> InstalledImage:
             raise AssertionError(f"the build stage has {step.keyword}: teach this test about it")
 
     runtime_env = _host_env(rootfs)
+    runtime_workdir = rootfs
     for step in runtime.instructions:
         if step.keyword == "ENV":
             _apply_env(step, runtime_env, rootfs)
+        elif step.keyword == "WORKDIR":
+            runtime_workdir = rootfs / step.args.lstrip("/")
+            runtime_workdir.mkdir(parents=True, exist_ok=True)
         elif step.keyword == "COPY":
             assert step.flags.get("from") == build.name, "the runtime copies from the build stage"
             src, dest = shlex.split(step.args)
             assert src == dest, "the venv must keep its path (its scripts name their interpreter)"
             assert (rootfs / src.lstrip("/")).exists(), f"COPY --from: {src} was not built"
         elif step.keyword == "RUN":
-            # Creating the system user needs root: checked by shape, not run.
+            # Creating the system user and its directory needs root: checked by shape, not run.
             for command in re.split(r"&&", step.args):
-                assert command.split()[0] in ("groupadd", "useradd"), f"RUN {step.args!r}"
+                assert command.split()[0] in ("groupadd", "useradd", "mkdir", "chown"), (
+                    f"RUN {step.args!r}"
+                )
     entrypoint = runtime.last("ENTRYPOINT").exec_form()
     assert entrypoint, "ENTRYPOINT must be in exec form (signals reach the exporter)"
     healthcheck = _healthcheck_argv(runtime)
-    return InstalledImage(rootfs, runtime_env, entrypoint, healthcheck)
+    return InstalledImage(rootfs, runtime_env, entrypoint, healthcheck, runtime_workdir)
 
 
 def _healthcheck_argv(runtime: Stage) -> list[str]:
@@ -481,6 +488,12 @@ def test_dockerfile_shape() -> None:
     env = dict(p for i in runtime.all("ENV") for p in _env_pairs(i.args))
     assert env["DEEPSEEK_EXPORTER_HEALTHCHECK_URL"] == default_url
     assert env["PATH"].startswith("$VIRTUAL_ENV/bin:")
+    # The history store (default data/ in the working directory) is the one thing written: the
+    # working directory is a volume the image's user owns, the rest can be read-only.
+    workdir = runtime.last("WORKDIR").args
+    assert json.loads(runtime.last("VOLUME").args) == [workdir]
+    setup = " ".join(i.args for i in runtime.all("RUN"))
+    assert f"mkdir -p {workdir}" in setup and f"chown {user} {workdir}" in setup
 
 
 def _pyproject() -> dict[str, Any]:
@@ -546,10 +559,11 @@ def test_image_installs_and_entrypoint_serves_with_key_from_environment(
     exporter = ExporterProcess(
         [*entrypoint, f"--deepseek.base-url={sim.base_url}", *_loopback_flags()],
         env,
-        cwd=image.rootfs,
+        cwd=image.workdir,
     )
     try:
         exporter.wait_ready()
+        assert (image.workdir / "data" / "history.db").is_file(), "the history is in the volume"
         assert _status(f"{exporter.web_url}/-/healthy") == 200
         samples = exporter.samples()
         assert samples[("deepseek_up", frozenset({("account", "default")}))] == 1
@@ -579,9 +593,14 @@ def test_image_entrypoint_with_mounted_config_and_key_file(
     )
     entrypoint = [_which(image.entrypoint[0], image.env), *image.entrypoint[1:]]
     exporter = ExporterProcess(
-        [*entrypoint, f"--config.file={etc / 'deepseek.yml'}", *_loopback_flags()],
+        [
+            *entrypoint,
+            f"--config.file={etc / 'deepseek.yml'}",
+            *_loopback_flags(),
+            "--storage.path=",
+        ],
         image.env,
-        cwd=image.rootfs,
+        cwd=image.workdir,
     )
     try:
         exporter.wait_ready()
@@ -596,7 +615,9 @@ def test_image_entrypoint_with_mounted_config_and_key_file(
 def test_compose_wrapper_runs_demo_without_key_and_real_mode_with_one(
     image: InstalledImage, sim: Simulator
 ) -> None:
-    demo = ExporterProcess(["/bin/sh", str(WRAPPER), *_loopback_flags()], image.env)
+    demo = ExporterProcess(
+        ["/bin/sh", str(WRAPPER), *_loopback_flags()], image.env, cwd=image.workdir
+    )
     try:
         demo.wait_ready()
         accounts = {
@@ -617,7 +638,15 @@ def test_compose_wrapper_runs_demo_without_key_and_real_mode_with_one(
 
     env = {**image.env, "DEEPSEEK_API_KEY": PROD_KEY}
     real = ExporterProcess(
-        ["/bin/sh", str(WRAPPER), f"--deepseek.base-url={sim.base_url}", *_loopback_flags()], env
+        [
+            "/bin/sh",
+            str(WRAPPER),
+            f"--deepseek.base-url={sim.base_url}",
+            *_loopback_flags(),
+            f"--storage.path={image.workdir / 'compose-data'}",
+        ],
+        env,
+        cwd=image.workdir,
     )
     try:
         real.wait_ready()
@@ -711,6 +740,10 @@ def test_compose_exporter_runs_the_wrapper_in_demo_mode_unless_a_key_is_set() ->
     # Empty unless the user exports DEEPSEEK_API_KEY: then the wrapper starts the demo.
     assert exporter["environment"]["DEEPSEEK_API_KEY"] == "${DEEPSEEK_API_KEY:-}"
     assert exporter.get("read_only") is True
+    # Read-only, but the history (data/ in the image's working directory) is on a named volume.
+    _, runtime = _stages()
+    workdir = runtime.last("WORKDIR").args
+    assert [m for m in _mounts(exporter) if m.target == workdir and not m.bind]
 
 
 @pytest.mark.e2e
@@ -737,10 +770,14 @@ def test_compose_prometheus_loads_the_rules_and_scrapes_the_exporter(tmp_path: P
     )
     assert done.returncode == 0, done.stdout + done.stderr
 
-    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    assert JOB in jobs, 'the rules select job="deepseek-exporter"'
-    targets = [t for sc in jobs[JOB]["static_configs"] for t in sc["targets"]]
-    assert targets == [f"exporter:{METRICS_PORT}"]
+    # Any job name will do (the rules select none); one job scrapes the exporter.
+    jobs = {
+        job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]]
+        for job in config["scrape_configs"]
+    }
+    assert [t for targets in jobs.values() for t in targets if t.startswith("exporter:")] == [
+        f"exporter:{METRICS_PORT}"
+    ]
     managers = [
         t
         for am in config["alerting"]["alertmanagers"]
@@ -889,12 +926,12 @@ def test_kustomize_builds_and_validates_against_kubernetes_schemas(
     kinds = sorted(m["kind"] for m in manifests)
     assert kinds == [
         "ConfigMap",
-        "Deployment",
         "PodDisruptionBudget",
         "PrometheusRule",
         "Service",
         "Service",
         "ServiceMonitor",
+        "StatefulSet",
     ]
     for doc in manifests:
         if doc["kind"] in CRD_KINDS:
@@ -905,14 +942,14 @@ def test_kustomize_builds_and_validates_against_kubernetes_schemas(
                 doc, latest if version == "latest" else version, strict=True
             )
     # The validation is not vacuous: a misspelt field is refused.
-    broken = json.loads(json.dumps(_one(manifests, "Deployment")))
+    broken = json.loads(json.dumps(_one(manifests, "StatefulSet")))
     broken["spec"]["template"]["spec"]["containers"][0]["readOnlyRootFilesytem"] = True
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, "1.28.0", strict=True)
 
 
-def test_deployment_is_hardened_and_probed(manifests: list[dict[str, Any]]) -> None:
-    deployment = _one(manifests, "Deployment")
+def test_statefulset_is_hardened_and_probed(manifests: list[dict[str, Any]]) -> None:
+    deployment = _one(manifests, "StatefulSet")
     spec = deployment["spec"]
     assert spec["replicas"] == 2
     pod = spec["template"]["spec"]
@@ -950,12 +987,18 @@ def test_deployment_is_hardened_and_probed(manifests: list[dict[str, Any]]) -> N
     assert not any(m["kind"] == "Secret" for m in manifests), "keys never ship in the base"
     assert "/tmp" in mounts and "emptyDir" in volumes[mounts["/tmp"]]
     assert configmap["data"][PurePosixPath(config_file).name]
+    # The balance history on a volume of its own per replica, which outlives pods and rollouts.
+    storage = PurePosixPath(_flag(container["args"], "--storage.path"))
+    (claim,) = spec["volumeClaimTemplates"]
+    assert mounts[str(storage.parent)] == claim["metadata"]["name"]
+    assert claim["metadata"]["name"] not in volumes, "a claim per replica, not a shared volume"
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
 
 
 def test_kubernetes_config_passes_the_exporters_config_check(
     manifests: list[dict[str, Any]], tmp_path: Path
 ) -> None:
-    deployment = _one(manifests, "Deployment")
+    deployment = _one(manifests, "StatefulSet")
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
@@ -976,7 +1019,7 @@ def test_kubernetes_config_passes_the_exporters_config_check(
 
 
 def test_services_and_servicemonitor_fit_together(manifests: list[dict[str, Any]]) -> None:
-    deployment = _one(manifests, "Deployment")
+    deployment = _one(manifests, "StatefulSet")
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     container_ports = {
         p["name"] for p in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
@@ -1000,9 +1043,12 @@ def test_services_and_servicemonitor_fit_together(manifests: list[dict[str, Any]
     ]
     assert selected == [by_port["metrics"]], "the ServiceMonitor scrapes the metrics Service only"
     assert [e["port"] for e in monitor["endpoints"]] == ["metrics"]
-    # The Operator names the job after the Service's jobLabel label: the rules need this job.
+    # The Operator names the job after the Service's jobLabel label; the rules and the
+    # dashboard select no job, so they work under this name or any other.
     assert selected[0]["metadata"]["labels"][monitor["jobLabel"]] == JOB
-    assert f'job="{JOB}"' in RULES_FILE.read_text()
+    assert "job=" not in "".join(
+        r["expr"] for g in yaml.safe_load(RULES_FILE.read_text())["groups"] for r in g["rules"]
+    )
 
     pdb = _one(manifests, "PodDisruptionBudget")["spec"]
     assert pdb["selector"]["matchLabels"].items() <= pod_labels.items()
@@ -1062,7 +1108,7 @@ def test_overlay_example_with_proxy_only_component_builds_and_fits(tmp_path: Pat
         else:
             kubernetes_validate.validate(doc, "1.28.0", strict=True)
 
-    full = _one(built, "Deployment", "deepseek-exporter")
+    full = _one(built, "StatefulSet", "deepseek-exporter")
     proxy_only = _one(built, "Deployment", "deepseek-exporter-proxy-only")
     deployments = (full, proxy_only)
     pods = [d["spec"]["template"]["metadata"]["labels"] for d in deployments]
@@ -1075,7 +1121,8 @@ def test_overlay_example_with_proxy_only_component_builds_and_fits(tmp_path: Pat
     pdb = _one(built, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"]
     assert _matches(pdb, pods[0]) and not _matches(pdb, pods[1])
 
-    # The same pod but for its role and its configuration: the copy cannot drift.
+    # The same pod but for its role, its configuration and the history it keeps (proxy-only
+    # replicas poll nothing and store nothing): the copy cannot drift.
     def pod_spec(deployment: dict[str, Any]) -> dict[str, Any]:
         spec = json.loads(json.dumps(deployment["spec"]["template"]["spec"]))
         spec["topologySpreadConstraints"][0]["labelSelector"]["matchLabels"].pop(
@@ -1084,6 +1131,9 @@ def test_overlay_example_with_proxy_only_component_builds_and_fits(tmp_path: Pat
         for volume in spec["volumes"]:
             if "configMap" in volume:
                 volume["configMap"]["name"] = "<config>"
+        (container,) = spec["containers"]
+        container["args"] = [a for a in container["args"] if not a.startswith("--storage.")]
+        container["volumeMounts"] = [m for m in container["volumeMounts"] if m["name"] != "history"]
         return spec
 
     assert pod_spec(full) == pod_spec(proxy_only)
