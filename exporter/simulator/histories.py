@@ -31,10 +31,12 @@ from __future__ import annotations
 
 import math
 import random
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from itertools import accumulate
 from typing import Any
 
 from exporter.proxy.pricing import PriceTable
@@ -206,6 +208,7 @@ class History:
     topups: list[tuple[float, Decimal]] = field(default_factory=list)
     runaways: list[tuple[float, float]] = field(default_factory=list)  # [start, end) Unix time
     exhausted_at: float | None = None  # when the balance reached 0.00
+    _cumulative: list[float] | None = field(default=None, repr=False)
 
     @property
     def currency(self) -> str:
@@ -217,14 +220,16 @@ class History:
         left = self.exact[i] - EMPTY
         if left <= 0:
             return 0.0
+        if self._cumulative is None:
+            self._cumulative = [0.0, *accumulate(self.spend)]
+        cumulative = self._cumulative
         first = round((self.times[i] - self.start) / self.step)
-        spent = 0.0
-        for j in range(first, len(self.spend)):
-            if spent + self.spend[j] >= left:
-                fraction = (left - spent) / self.spend[j]
-                return (j - first + fraction) * self.step
-            spent += self.spend[j]
-        return None
+        target = cumulative[first] + left
+        j = bisect_left(cumulative, target) - 1  # spend[j] takes the total past the target
+        if j >= len(self.spend):
+            return None
+        fraction = (target - cumulative[j]) / self.spend[j]
+        return (j - first + fraction) * self.step
 
     def rows(self) -> Iterator[tuple[float, str, str, Decimal]]:
         """(timestamp, account, currency, balance): the rows of a backtest CSV."""
