@@ -258,8 +258,8 @@ def balance_stat() -> Panel:
 def days_left_stat() -> Panel:
     return stat(
         "Time until the balance runs out",
-        "Forecast time to zero at the burn rate of the exporter's forecast window "
-        "(balance.forecast_window, 6 h by default); the most pessimistic replica. Orange under "
+        "Forecast time to zero, spending as each hour of the week usually costs (the profile "
+        "of balance.forecast_window, 4 weeks by default); the most pessimistic replica. Orange under "
         "3 days, red under 24 hours: the two DeepSeekBalanceRunningOut thresholds. +Inf (nothing "
         "spent) shows as 'more than a year'.",
         [
@@ -408,6 +408,39 @@ def spend_per_day() -> Panel:
         ],
         interval="1d",
         timeFrom="14d",
+    )
+
+
+def spend_vs_usual() -> Panel:
+    def q(cur: str) -> list[dict]:
+        now, usual = ("A", "B") if cur == "USD" else ("C", "D")
+        return [
+            target(
+                now,
+                f'3600 * max by (account) (deepseek_balance_burn_rate{{{SEL}, currency="{cur}", window="1h"}})',
+                f"{{{{account}}}} last hour ({cur})",
+            ),
+            target(
+                usual,
+                f'3600 * max by (account) (deepseek_balance_burn_rate_baseline{{{SEL}, currency="{cur}", window="1h"}})',
+                f"{{{{account}}}} usual at this time of the week ({cur})",
+            ),
+        ]
+
+    return timeseries(
+        "Spend per hour: the last hour against the usual",
+        "Solid: spend per hour over the last hour (the exporter's 1h burn rate). Dashed: what the "
+        "same hour of the week usually costs (the same hour 1 to 4 weeks ago, or the hour after "
+        "when larger; none before a week of history). DeepSeekSpendSpike fires when the last hour "
+        "runs above 3 times the usual for 15 minutes, and above the account's "
+        "spend_spike_min_per_day. Max over replicas.",
+        two_currencies(q),
+        unit=USD,
+        overrides=[
+            *unit_overrides(["A", "B"], ["C", "D"]),
+            by_ref("B", ("custom.lineStyle", {"fill": "dash", "dash": [10, 10]})),
+            by_ref("D", ("custom.lineStyle", {"fill": "dash", "dash": [10, 10]})),
+        ],
     )
 
 
@@ -635,9 +668,18 @@ def last_poll_age() -> Panel:
 def targets_up() -> Panel:
     return stat(
         "Exporter targets",
-        "Prometheus's scrape of each exporter replica (up). Down or absent for 5 minutes fires "
+        "Prometheus's scrape of each exporter replica (up), for the targets that exported the "
+        "exporter's build info in the last day, under any job name. Down for 5 minutes fires "
         "DeepSeekExporterDown.",
-        [target("A", f"up{{{JOB}}}", "{{instance}}", instant=True)],
+        [
+            target(
+                "A",
+                f"up{{{JOB}}} * on (job, instance) group_left () "
+                f"max by (job, instance) (max_over_time(deepseek_exporter_build_info{{{JOB}}}[1d]))",
+                "{{instance}}",
+                instant=True,
+            )
+        ],
         **red_green_0_1("down", "up"),
     )
 
@@ -718,6 +760,7 @@ LAYOUT: list[tuple[Any, int, int]] = [  # (panel, width, height); a row panel st
     (count_402_stat, 6, 6),
     (balance_over_time, 12, 9),
     (spend_per_day, 12, 9),
+    (spend_vs_usual, 24, 8),
     (lambda: row("Traffic", "What goes through the metering proxy."), 24, 1),
     (requests_by_code, 12, 8),
     (error_ratio, 12, 8),
@@ -764,6 +807,9 @@ def variables() -> list[dict]:
             "multi": False,
             "options": [],
         },
+        # Whatever the scrape job is called: the jobs that export this exporter's build info.
+        # "All" by default, which also shows series without a job label (a backfilled replay of
+        # `deepseek-exporter backtest`).
         {
             "name": "job",
             "label": "Job",
@@ -771,12 +817,13 @@ def variables() -> list[dict]:
             "datasource": DS,
             "query": {"query": "label_values(deepseek_exporter_build_info, job)", "refId": "job"},
             "definition": "label_values(deepseek_exporter_build_info, job)",
-            "current": {},
+            "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
             "hide": 0,
             "refresh": 2,
             "regex": "",
             "sort": 1,
-            "includeAll": False,
+            "includeAll": True,
+            "allValue": ".*",
             "multi": False,
             "options": [],
         },
