@@ -125,6 +125,20 @@ def test_promtool_unit_tests(promtool: str) -> None:
     run(promtool, "test", "rules", RULE_TESTS.name, cwd=ALERTS)
 
 
+def test_no_rule_or_panel_selects_a_job() -> None:
+    """The rules work under any job name: no selector on `job` anywhere in them. The dashboard
+    selects only `job=~"$job"`, whose values are the jobs that export the build info."""
+    for e in promql.rule_expressions():
+        for sel in promql.selectors(e.expr):
+            assert "job" not in {label for label, _, _ in sel.matchers}, e.where
+    marker = {"$job": "<the job variable>", "${job}": "<the job variable>"}
+    for path in promql.dashboard_files():
+        for e in promql.dashboard_expressions(path, marker):
+            for sel in promql.selectors(e.expr):
+                jobs = [(op, value) for label, op, value in sel.matchers if label == "job"]
+                assert jobs in ([], [("=~", "<the job variable>")]), (e.where, jobs)
+
+
 def test_rule_groups_load_in_prometheus_2_42() -> None:
     for group in load_yaml(RULES)["groups"]:
         assert set(group) <= {"name", "interval", "limit", "rules"}, group["name"]

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from exporter.balance.backtest import OMITTED, iter_samples, read_history, replay, run_backtest
+from exporter.config import Config
 from tests.conftest import BackgroundLoop, FakeClock, require_binary
 from tests.harness import exporter_config, running_exporter, running_simulator
 
@@ -312,3 +313,103 @@ def test_rules_show_when_each_alert_would_have_fired(tmp_path: Path) -> None:
     assert fired[("DeepSeekBalanceRunningOut", "warning", "prod")][0] == "2026-11-01 17:05 UTC"
     assert len(rows) == 4, "and nothing else"
     assert not [r for r in rows[1:] if r[2] == "usd"]
+
+
+@pytest.mark.e2e
+def test_a_backfilled_replay_fills_the_dashboards_balance_panels(tmp_path: Path) -> None:
+    """The README's way to look at a replay: backfill it with promtool into a Prometheus and
+    open the dashboard (job: All). Every balance panel has data, the usual spend included."""
+    import time
+
+    import httpx
+
+    from exporter.simulator.histories import generate
+    from tests import promql
+
+    promtool, prometheus = require_binary("promtool"), require_binary("prometheus")
+    histories = [
+        generate(
+            "office_peak_topup",
+            step=900,
+            account="office",
+            days=8.5,
+            empty_after_days=10,
+            topup_day=5,
+            topup_extends_to=30,
+        ),
+        generate("small_bot", step=900, account="bot", days=8.5),
+    ]
+    rows = [r for h in histories for r in h.rows()]
+    out = io.StringIO()
+    asyncio.run(replay([_row(*r) for r in rows], Config(), out))
+    (om := tmp_path / "replay.om").write_text(out.getvalue())
+    data = tmp_path / "data"
+    done = subprocess.run(
+        [promtool, "tsdb", "create-blocks-from", "openmetrics", str(om), str(data)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    (config := tmp_path / "prometheus.yml").write_text("global: {scrape_interval: 1m}\n")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            prometheus,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={data}",
+            "--storage.tsdb.retention.time=100y",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    start, end = histories[0].times[0], histories[0].times[-1]
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None, "prometheus did not start"
+            time.sleep(0.1)
+        # Job "All"; a rate window that spans the replay's 15-minute samples.
+        grafana_all = {"$job": ".*", "${job}": ".*", "$__rate_interval": "1h"}
+
+        def balance_metric(name: str) -> bool:
+            return name.startswith("deepseek_balance") or name in ("deepseek_up", AVAILABLE)
+
+        checked, empty = 0, []
+        for path in promql.dashboard_files():
+            for e in promql.dashboard_expressions(path, grafana_all):
+                names = promql.metric_names(e.expr)
+                if not names or not all(balance_metric(n) for n in names):
+                    continue
+                if names & OMITTED:
+                    continue  # not knowable from a history of totals
+                if "panel" not in e.where or "low_threshold" in e.expr:
+                    continue  # variables; no threshold configured in this replay
+                reply = httpx.get(
+                    f"{url}/api/v1/query_range",
+                    params={"query": e.expr, "start": start, "end": end, "step": 900},
+                    timeout=10,
+                ).json()
+                assert reply["status"] == "success", (e.where, reply)
+                checked += 1
+                if not reply["data"]["result"]:
+                    empty.append(e.where)
+        assert checked >= 8 and not empty, empty
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
