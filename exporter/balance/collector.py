@@ -79,7 +79,8 @@ class BalanceCollector(Collector):
         )
         spent = CounterMetricFamily(
             "deepseek_balance_spent",
-            "Sum of observed balance decreases since start.",
+            "Sum of observed balance decreases (continued across restarts from the history "
+            "store).",
             labels=["account", "currency"],
         )
         topups = CounterMetricFamily(

@@ -3,8 +3,9 @@
 One SQLite file (``history.db``, standard library, no server) under ``--storage.path``, written
 only by the process that polls balances. Per account and currency it keeps the first observation
 of every 5-minute slot (the tracker's compaction, :mod:`exporter.balance.forecast`) for
-``retention`` (five weeks by default), and the latest observation with its running totals. About
-0.4 MB per account and currency per month (docs: README, "History that survives restarts").
+``retention`` (five weeks by default), and the latest observation with its running totals: about
+0.26 MB per account and currency and month, whatever the poll interval (measured by
+bench/forecast_bench.py; README, "History that survives restarts").
 
 Schema (version 1, in ``PRAGMA user_version``)::
 
