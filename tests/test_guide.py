@@ -155,7 +155,7 @@ def test_runbook_links_resolve_under_any_job_name_and_with_replicas() -> None:
 
 
 def test_runbook_commands_name_the_shipped_paths() -> None:
-    deployment = yaml.safe_load((ROOT / "deploy" / "kubernetes" / "deployment.yaml").read_text())
+    deployment = yaml.safe_load((ROOT / "deploy" / "kubernetes" / "statefulset.yaml").read_text())
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     [kubernetes] = [a.split("=", 1)[1] for a in args if a.startswith("--config.file=")]
     container = re.search(r"--config\.file=(/\S+)", (ROOT / "deploy" / "README.md").read_text())[1]  # type: ignore[index]
@@ -167,7 +167,7 @@ def test_runbook_commands_name_the_shipped_paths() -> None:
     assert used == {kubernetes, container}
     for page in RUNBOOKS.glob("*.md"):
         for command in re.findall(r"kubectl exec (\S+)", page.read_text()):
-            assert command == "deploy/deepseek-exporter", page.name
+            assert command == "statefulset/deepseek-exporter", page.name
 
 
 def test_the_readme_configuration_reference_passes_config_check(tmp_path: Path) -> None:
