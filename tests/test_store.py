@@ -164,3 +164,15 @@ def test_a_tracker_without_a_store_is_unchanged() -> None:
     observe(state, NOW + 60, "4")
     tracker = state.trackers["CNY"]
     assert isinstance(tracker, SpendTracker) and tracker.spent_total == 1
+
+
+def test_the_status_pages_week_of_balances_survives_a_restart(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    state = state_with(store)
+    for i in range(2 * 24 * 12):  # two days, a poll every five minutes, then empty
+        observe(state, NOW + i * 300, "0" if i >= 500 else str(1000 - i))
+    before = state.history["CNY"].since(NOW - 1)
+    store.close()
+    again = state_with(open_store(tmp_path, NOW + 2 * DAY))
+    assert again.history["CNY"].since(NOW - 1) == before
+    assert again.history["CNY"].empty_since == state.history["CNY"].empty_since == NOW + 500 * 300

@@ -2,8 +2,9 @@
 when it has been empty.
 
 Kept in memory, one point per five-minute bucket (the last point of a bucket wins, so the newest
-observation is always there): at most about 2,000 points a week. A persistent store replaces it
-later behind the same ``since`` call; a restart starts it afresh.
+observation is always there): at most about 2,000 points a week. With ``--storage.path`` a
+restart refills it from the history store (:mod:`exporter.balance.store`, the first balance of
+each five-minute slot), so the sparkline goes on where it stopped.
 """
 
 from __future__ import annotations
