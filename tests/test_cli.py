@@ -45,9 +45,12 @@ USD = "  - name: usd\n    api_key_env: K_USD\n"
 ENV = {**os.environ, "K_PROD": PROD_KEY, "K_USD": USD_KEY}
 
 
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The exporter as a user runs it; ``cwd`` is where a serving one puts its default data/."""
     return subprocess.run(
-        [*EXPORTER, *args], capture_output=True, text=True, env=env or ENV, timeout=60
+        [*EXPORTER, *args], capture_output=True, text=True, env=env or ENV, timeout=60, cwd=cwd
     )
 
 

@@ -301,7 +301,7 @@ def test_config_check_refuses_a_config_with_no_account(tmp_path: Path) -> None:
             "or try --demo"
         ]
     # The exporter itself starts (its pages work), and says the same line as a warning.
-    process = Process(env=NO_KEY_ENV)
+    process = Process(env=NO_KEY_ENV, cwd=tmp_path)  # where its default data/ goes
     try:
         wait_until(lambda: _answers(process.web + "/-/healthy"), timeout=20)
         assert process.stop() == 0
@@ -340,6 +340,7 @@ def test_exporter_on_a_busy_port_says_which_flag_and_address(tmp_path: Path) -> 
             f"127.0.0.1:{port}",
             "--proxy.listen-address",
             f"127.0.0.1:{free_port()}",
+            cwd=tmp_path,
         )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
@@ -358,6 +359,7 @@ def test_a_listen_host_that_does_not_resolve_is_named(tmp_path: Path) -> None:
         str(config),
         "--web.listen-address=nosuchhost.invalid:9402",
         f"--proxy.listen-address=127.0.0.1:{free_port()}",
+        cwd=tmp_path,
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     [error] = [line for line in result.stderr.splitlines() if "level=error" in line]
@@ -440,6 +442,7 @@ def test_listeners_are_logged_as_they_listen(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        cwd=tmp_path,  # where its default data/ goes
     )
     try:
         wait_until(lambda: _answers(f"http://127.0.0.1:{web}/-/healthy"), timeout=20)
@@ -477,6 +480,7 @@ def test_reload_says_what_needs_a_restart(tmp_path: Path, sim: Simulator) -> Non
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        cwd=tmp_path,  # where its default data/ goes
     )
     try:
         wait_until(lambda: _answers(f"http://127.0.0.1:{web}/-/ready"), timeout=20)

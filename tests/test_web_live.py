@@ -48,6 +48,7 @@ class Exporter:
              "--web.config.file", str(folder / "web.yml"),
              "--web.listen-address", f"127.0.0.1:{port}", *args],
             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            cwd=folder,  # where its default data/ goes
         )  # fmt: skip
 
     def wait_listening(self, verify: ssl.SSLContext | bool = True) -> None:
@@ -269,6 +270,7 @@ def test_a_bad_web_config_is_reported_in_one_line(tmp_path: Path, start: str) ->
         capture_output=True,
         text=True,
         timeout=60,
+        cwd=tmp_path,  # where its default data/ goes
     )
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
