@@ -79,8 +79,7 @@ class BalanceCollector(Collector):
         )
         spent = CounterMetricFamily(
             "deepseek_balance_spent",
-            "Sum of observed balance decreases (continued across restarts from the history "
-            "store).",
+            "Sum of observed balance decreases (continued across restarts from the history store).",
             labels=["account", "currency"],
         )
         topups = CounterMetricFamily(
