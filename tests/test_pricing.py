@@ -302,8 +302,24 @@ ERRORS = {
     "price_string.yaml": "models.deepseek-flash.prices[0].usd.output: "
     "must be a non-negative number",
     "price_unknown_field.yaml": "models.deepseek-flash.prices[0].usd.input_cache_hits: unknown key",
+    "per_request_bad_tool.yaml": "per_request.web-search.tool: must be a tool name, "
+    "got 'web search'",
+    "per_request_dates_unsorted.yaml": "per_request.web-search.tool_call_prices[1].from: "
+    "must be later than per_request.web-search.tool_call_prices[0].from (2026-02-01)",
+    "per_request_is_a_model.yaml": "per_request.m: is already a model name",
+    "per_request_negative_price.yaml": "per_request.web-search.prices[0].cny: "
+    "must be a non-negative number",
+    "per_request_path_claimed_twice.yaml": "per_request.web-fetch: /search is already billed "
+    "as web-search",
+    "per_request_relative_path.yaml": "per_request.web-search.paths[0]: "
+    "must be an absolute path, got 'search'",
+    "per_request_unknown_key.yaml": "per_request.web-search.price: unknown key",
+    "per_request_unseen.yaml": "per_request.web-search: needs paths or a tool, "
+    "or the proxy never sees it",
     "prices_empty.yaml": "models.deepseek-flash.prices: must not be empty",
     "prices_not_list.yaml": "models.deepseek-flash.prices: must be a list, got a mapping",
+    "schedule_bad_offset.yaml": 'peak_schedule[0].utc_offset: must be a UTC offset "+HH:MM" '
+    "or \"-HH:MM\", got '+8'",
     "schedule_bad_day.yaml": "peak_schedule[0].days[1]: must be one of "
     "mon, tue, wed, thu, fri, sat, sun, got 'monday'",
     "schedule_missing_hours.yaml": "peak_schedule[0].hours: is required",
@@ -314,11 +330,11 @@ ERRORS = {
     "schedule_unsorted.yaml": "peak_schedule[1].from: must be later than "
     "peak_schedule[0].from (2026-08-16)",
     "schedule_window_past_midnight.yaml": 'peak_schedule[0].hours[0]: must be "HH:MM-HH:MM" '
-    "(UTC, start before end, end at most 24:00), got '16:30-24:30'",
+    "(local time, start before end, end at most 24:00), got '16:30-24:30'",
     "schedule_window_reversed.yaml": 'peak_schedule[0].hours[1]: must be "HH:MM-HH:MM" '
-    "(UTC, start before end, end at most 24:00), got '10:00-06:00'",
+    "(local time, start before end, end at most 24:00), got '10:00-06:00'",
     "schedule_window_unquoted.yaml": 'peak_schedule[0].hours[0]: must be "HH:MM-HH:MM" '
-    "(UTC, start before end, end at most 24:00), got 600",
+    "(local time, start before end, end at most 24:00), got 600",
     "split_bad_off_peak_price.yaml": "models.deepseek-flash.prices[0].usd.off_peak."
     "input_cache_miss: must be a non-negative number",
     "split_missing_off_peak.yaml": "models.deepseek-flash.prices[0].usd.off_peak: is required",
@@ -393,3 +409,123 @@ def test_off_peak_dates(tmp_path: Path) -> None:
     assert not table.is_peak(at(TUESDAY, 2))
     assert table.is_peak(at(TUESDAY + timedelta(days=1), 2))
     assert table.cost("m", "USD", Usage(0, 1_000_000, 0, 0), at(TUESDAY, 2)) == 1
+
+
+# --- holidays and local time -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("instant", "peak"),
+    [
+        # National Day: Thursday 2026-10-01, 10:00 in Beijing, inside a weekday peak window.
+        (datetime(2026, 10, 1, 2, tzinfo=UTC), False),
+        (datetime(2026, 10, 7, 7, tzinfo=UTC), False),  # last day off
+        (datetime(2026, 10, 8, 2, tzinfo=UTC), True),  # back to work
+        (datetime(2026, 10, 9, 2, tzinfo=UTC), True),  # an ordinary Friday
+        (datetime(2026, 9, 25, 1, 30, tzinfo=UTC), False),  # Mid-Autumn, Friday
+        (datetime(2026, 9, 24, 1, 30, tzinfo=UTC), True),
+        # 12:00-14:00 Beijing is lunch: off-peak between the two windows.
+        (datetime(2026, 10, 9, 4, 30, tzinfo=UTC), False),
+        (datetime(2026, 10, 9, 6, tzinfo=UTC), True),
+        (datetime(2026, 10, 9, 9, 59, tzinfo=UTC), True),
+        (datetime(2026, 10, 9, 10, tzinfo=UTC), False),
+    ],
+)
+def test_holidays_are_off_peak_in_beijing_time(
+    table: PriceTable, instant: datetime, peak: bool
+) -> None:
+    assert table.is_peak(instant) is peak
+
+
+def test_a_holiday_request_is_billed_at_the_off_peak_price(table: PriceTable) -> None:
+    holiday = table.cost("deepseek-flash", "CNY", USAGE, datetime(2026, 10, 1, 2, tzinfo=UTC))
+    workday = table.cost("deepseek-flash", "CNY", USAGE, datetime(2026, 10, 9, 2, tzinfo=UTC))
+    assert (holiday, workday) == (D("4.02"), D("8.04"))  # 1M x 0.02 + 2M x 1 + 0.5M x 4
+
+
+def test_every_bundled_holiday_is_a_listed_statutory_day_off(table: PriceTable) -> None:
+    """The sheet's 2026 list, day by day: each is off-peak at 10:00 Beijing time."""
+    ranges = [
+        ("2026-01-01", 3), ("2026-02-15", 9), ("2026-04-04", 3), ("2026-05-01", 5),
+        ("2026-06-19", 3), ("2026-09-25", 3), ("2026-10-01", 7),
+    ]  # fmt: skip
+    for first, days in ranges:
+        for n in range(days):
+            day = datetime.fromisoformat(first).replace(tzinfo=UTC) + timedelta(days=n)
+            assert not table.is_peak(day + timedelta(hours=2)), day.date()
+
+
+def test_utc_offset_moves_days_and_windows(tmp_path: Path) -> None:
+    path = tmp_path / "prices.yaml"
+    path.write_text(
+        "version: 1\n"
+        "peak_schedule:\n"
+        "  - from: 2026-01-01\n"
+        '    utc_offset: "-05:30"\n'
+        "    days: [mon]\n"
+        '    hours: ["22:00-24:00"]\n'
+        "models:\n"
+        "  m:\n"
+        "    prices:\n"
+        "      - from: 2026-01-01\n"
+        "        usd: {input_cache_hit: 1, input_cache_miss: 1, output: 1}\n"
+    )
+    table = PriceTable.load(path)
+    # Monday 2026-11-02 22:30 at -05:30 is Tuesday 04:00 UTC.
+    assert table.is_peak(datetime(2026, 11, 3, 4, tzinfo=UTC))
+    assert not table.is_peak(datetime(2026, 11, 2, 22, 30, tzinfo=UTC))
+
+
+# --- per-request prices ------------------------------------------------------------------------
+
+
+def test_search_and_fetch_are_billed_per_request(table: PriceTable) -> None:
+    assert table.request_items == {"web-search", "web-fetch"}
+    assert not table.request_items & table.models
+    assert table.item_for_path("/search") == table.item_for_path("/v1/search") == "web-search"
+    assert table.item_for_path("/v1/fetch") == "web-fetch"
+    assert table.item_for_path("/chat/completions") is None
+    assert table.item_for_tool("web_search") == "web-search"
+    assert table.item_for_tool("code_interpreter") is None
+    after = datetime(2026, 11, 1, tzinfo=UTC)  # 08:00 Beijing: billing has begun
+    for item in ("web-search", "web-fetch"):
+        assert table.request_price(item, "CNY", after) == D("0.005")
+        assert table.request_price(item, "CNY", after, tool_call=True) == D("0.005")
+        assert table.request_price(item, "USD", after) is None  # no USD price published
+    # Tool calls are billed from 2026-11-01 00:00 Beijing, which is 16:00 UTC the day before.
+    assert (
+        table.request_price(
+            "web-search", "CNY", datetime(2026, 10, 31, 15, 59, tzinfo=UTC), tool_call=True
+        )
+        is None
+    )
+    assert table.request_price(
+        "web-search", "CNY", datetime(2026, 10, 31, 16, tzinfo=UTC), tool_call=True
+    ) == D("0.005")
+    assert table.request_price("deepseek-flash", "CNY", after) is None  # a model, not an item
+
+
+def test_per_request_item_with_only_a_tool(tmp_path: Path) -> None:
+    path = tmp_path / "prices.yaml"
+    path.write_text(
+        "version: 1\n"
+        "models:\n"
+        "  m:\n"
+        "    prices:\n"
+        "      - from: 2026-01-01\n"
+        "        usd: {input_cache_hit: 1, input_cache_miss: 1, output: 1}\n"
+        "per_request:\n"
+        "  ocr:\n"
+        "    tool: file_parse\n"
+        "    tool_call_prices:\n"
+        "      - from: 2026-01-01\n"
+        "        usd: 0.0015\n"
+        "        cny: 0.0015\n"
+    )
+    table = PriceTable.load(path)
+    assert table.item_for_tool("file_parse") == "ocr"
+    assert table.item_for_path("/ocr") is None
+    assert table.request_price("ocr", "USD", datetime(2026, 2, 1, tzinfo=UTC)) is None
+    assert table.request_price("ocr", "USD", datetime(2026, 2, 1, tzinfo=UTC), tool_call=True) == D(
+        "0.0015"
+    )

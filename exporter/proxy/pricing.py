@@ -12,7 +12,7 @@ import bisect
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, InvalidOperation
 from importlib import resources
 from pathlib import Path
@@ -27,6 +27,8 @@ _CURRENCY_KEYS = {"usd": "USD", "cny": "CNY"}
 _PRICE_FIELDS = ("input_cache_hit", "input_cache_miss", "output")
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # index = datetime.weekday()
 _WINDOW_RE = re.compile(r"^(\d\d):([0-5]\d)-(\d\d):([0-5]\d)$")
+_OFFSET_RE = re.compile(r"^([+-])(\d\d):([0-5]\d)$")
+_PATH_RE = re.compile(r"^/[!-~]*$")  # an absolute path of printable ASCII, no query
 _NAME_RE = re.compile(r"^\S+$")
 _SCHEMA_VERSION = 1
 # Scaling an exact integer must never round, whatever precision the caller's context has.
@@ -78,14 +80,38 @@ class _Model:
 @dataclass(frozen=True, slots=True)
 class _Schedule:
     days: frozenset[int]
-    windows: tuple[tuple[int, int], ...]  # [start, end) in seconds since 00:00 UTC
+    windows: tuple[tuple[int, int], ...]  # [start, end) in seconds since local midnight
     off_peak_dates: frozenset[date]
+    offset: timezone  # local time: the weekday, the date and the windows are judged in it
 
     def is_peak(self, at: datetime) -> bool:
-        if at.weekday() not in self.days or at.date() in self.off_peak_dates:
+        local = at.astimezone(self.offset)
+        if local.weekday() not in self.days or local.date() in self.off_peak_dates:
             return False
-        second = at.hour * 3600 + at.minute * 60 + at.second
+        second = local.hour * 3600 + local.minute * 60 + local.second
         return any(start <= second < end for start, end in self.windows)
+
+
+@dataclass(frozen=True, slots=True)
+class _Dated:
+    """A dated list of per-request prices: currency -> price per request, or None (unknown)."""
+
+    starts: list[datetime]
+    entries: list[dict[str, Decimal]]
+
+    def at(self, currency: str, at: datetime) -> Decimal | None:
+        i = bisect.bisect_right(self.starts, at) - 1
+        return self.entries[i].get(currency) if i >= 0 else None
+
+
+@dataclass(frozen=True, slots=True)
+class _RequestItem:
+    """Something billed per request rather than per token (web Search, Fetch)."""
+
+    paths: frozenset[str]  # direct calls the proxy recognises by their path
+    tool: str | None  # the server-side tool whose calls a response reports
+    direct: _Dated
+    tool_calls: _Dated
 
 
 class PriceTable:
@@ -97,12 +123,16 @@ class PriceTable:
         aliases: dict[str, str],
         schedule_starts: list[datetime],
         schedules: list[_Schedule],
+        items: dict[str, _RequestItem] | None = None,
     ) -> None:
         self._models = frozenset(models)
         self._canonical = {name: name for name in models} | aliases
         self._by_name = {name: models[canonical] for name, canonical in self._canonical.items()}
         self._schedule_starts = schedule_starts
         self._schedules = schedules
+        self._items = items or {}
+        self._item_by_path = {path: name for name, i in self._items.items() for path in i.paths}
+        self._item_by_tool = {i.tool: name for name, i in self._items.items() if i.tool}
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> PriceTable:
@@ -130,6 +160,28 @@ class PriceTable:
     def models(self) -> frozenset[str]:
         """Canonical model names: the bounded set of values for a ``model`` metric label."""
         return self._models
+
+    @property
+    def request_items(self) -> frozenset[str]:
+        """Names of what is billed per request (``web-search``...): ``model`` label values too."""
+        return frozenset(self._items)
+
+    def item_for_path(self, path: str) -> str | None:
+        """The per-request item a direct call to ``path`` (no query string) is billed as."""
+        return self._item_by_path.get(path)
+
+    def item_for_tool(self, tool: str) -> str | None:
+        """The per-request item a reported server-side tool call (``web_search``) is billed as."""
+        return self._item_by_tool.get(tool)
+
+    def request_price(
+        self, item: str, currency: str, at: datetime, *, tool_call: bool = False
+    ) -> Decimal | None:
+        """The price of one request (or one tool call) of ``item``; None when unknown."""
+        found = self._items.get(item)
+        if found is None:
+            return None
+        return (found.tool_calls if tool_call else found.direct).at(currency, _utc(at))
 
     def canonical_model(self, name: str) -> str | None:
         """The canonical name for a model name or alias; case-sensitive, as the API is."""
@@ -355,9 +407,18 @@ def _note(path: str, item: Mapping[str, Any]) -> None:
         raise PricingError(f"{path}.note: must be a string, got {_kind(item['note'])}")
 
 
+def _offset(path: str, value: Any) -> timezone:
+    match = _OFFSET_RE.match(value) if isinstance(value, str) else None
+    if not match or int(match[2]) > 14:
+        raise PricingError(f'{path}: must be a UTC offset "+HH:MM" or "-HH:MM", got {_kind(value)}')
+    minutes = int(match[2]) * 60 + int(match[3])
+    return timezone(timedelta(minutes=-minutes if match[1] == "-" else minutes))
+
+
 def _schedule(path: str, item: Mapping[str, Any]) -> _Schedule:
-    _mapping(path, item, ("from", "days", "hours"), ("off_peak_dates", "note"))
+    _mapping(path, item, ("from", "days", "hours"), ("off_peak_dates", "note", "utc_offset"))
     _note(path, item)
+    offset = _offset(f"{path}.utc_offset", item.get("utc_offset", "+00:00"))
     days: set[int] = set()
     for i, day in enumerate(_list(f"{path}.days", item["days"])):
         if day not in _DAYS:
@@ -374,7 +435,7 @@ def _schedule(path: str, item: Mapping[str, Any]) -> _Schedule:
         if isinstance(day, datetime) or not isinstance(day, date):
             raise PricingError(f"{path}.off_peak_dates[{i}]: must be a date (YYYY-MM-DD)")
         off_peak_dates.add(day)
-    return _Schedule(frozenset(days), windows, frozenset(off_peak_dates))
+    return _Schedule(frozenset(days), windows, frozenset(off_peak_dates), offset)
 
 
 def _window(path: str, value: Any) -> tuple[int, int]:
@@ -387,13 +448,52 @@ def _window(path: str, value: Any) -> tuple[int, int]:
         if start < end <= 24 * 3600:
             return start, end
     raise PricingError(
-        f'{path}: must be "HH:MM-HH:MM" (UTC, start before end, end at most 24:00),'
+        f'{path}: must be "HH:MM-HH:MM" (local time, start before end, end at most 24:00),'
         f" got {_kind(value)}"
     )
 
 
+def _dated_request_prices(path: str, value: Any) -> _Dated:
+    starts: list[datetime] = []
+    entries: list[dict[str, Decimal]] = []
+    for i, (start, item) in enumerate(_dated(path, _list(path, value))):
+        item_path = f"{path}[{i}]"
+        _mapping(item_path, item, ("from",), ("note", "usd", "cny"))
+        _note(item_path, item)
+        starts.append(start)
+        entries.append(
+            {
+                currency: _number(f"{item_path}.{key}", item[key])
+                for key, currency in _CURRENCY_KEYS.items()
+                if key in item
+            }
+        )
+    return _Dated(starts, entries)
+
+
+def _request_item(path: str, value: Any) -> _RequestItem:
+    item = _mapping(path, value, (), ("paths", "tool", "prices", "tool_call_prices", "note"))
+    _note(path, item)
+    paths: set[str] = set()
+    for i, raw in enumerate(_list(f"{path}.paths", item.get("paths", []))):
+        if not isinstance(raw, str) or not _PATH_RE.match(raw) or "?" in raw:
+            raise PricingError(f"{path}.paths[{i}]: must be an absolute path, got {_kind(raw)}")
+        paths.add(raw)
+    tool = item.get("tool")
+    if tool is not None and (not isinstance(tool, str) or not _NAME_RE.match(tool)):
+        raise PricingError(f"{path}.tool: must be a tool name, got {_kind(tool)}")
+    if not paths and tool is None:
+        raise PricingError(f"{path}: needs paths or a tool, or the proxy never sees it")
+    return _RequestItem(
+        frozenset(paths),
+        tool,
+        _dated_request_prices(f"{path}.prices", item.get("prices", [])),
+        _dated_request_prices(f"{path}.tool_call_prices", item.get("tool_call_prices", [])),
+    )
+
+
 def _parse(doc: Any) -> PriceTable:
-    top = _mapping("", doc, ("version", "models"), ("peak_schedule", "aliases"))
+    top = _mapping("", doc, ("version", "models"), ("peak_schedule", "aliases", "per_request"))
     if type(top["version"]) is not int or top["version"] != _SCHEMA_VERSION:
         raise PricingError(f"version: must be {_SCHEMA_VERSION}, got {_kind(top['version'])}")
 
@@ -415,10 +515,24 @@ def _parse(doc: Any) -> PriceTable:
             raise PricingError(f"{path}: unknown model {_kind(target)}")
         aliases[alias] = target
 
+    items: dict[str, _RequestItem] = {}
+    owners: dict[str, str] = {}  # path or tool -> the item that claims it
+    for name, value in _any_mapping("per_request", top.get("per_request", {})).items():
+        path = f"per_request.{name}"
+        _name(path, name)
+        if name in models or name in aliases:
+            raise PricingError(f"{path}: is already a model name")
+        item = items[name] = _request_item(path, value)
+        for claim in sorted(item.paths) + ([f"tool {item.tool}"] if item.tool else []):
+            if claim in owners:
+                raise PricingError(f"{path}: {claim} is already billed as {owners[claim]}")
+            owners[claim] = name
+
     schedule = _dated("peak_schedule", _list("peak_schedule", top.get("peak_schedule", [])))
     return PriceTable(
         models,
         aliases,
         [start for start, _ in schedule],
         [_schedule(f"peak_schedule[{i}]", item) for i, (_, item) in enumerate(schedule)],
+        items,
     )
