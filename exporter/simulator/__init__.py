@@ -11,6 +11,15 @@ What it serves (each also under ``/v1`` where the real API accepts it):
   ``reasoning_content`` before ``content``)
 - ``POST /beta/completions`` (FIM)
 - ``POST /anthropic/v1/messages`` (Anthropic shape and events; key in ``x-api-key``)
+- ``POST /responses`` (OpenAI's Responses API: cached tokens inside ``input_tokens``, usage in
+  ``response.completed`` when streamed)
+- ``POST /search``, ``POST /fetch`` (web Search and Fetch, billed per request; the sheet gives
+  no paths or shapes, so these are the bundled price table's assumption)
+
+Server-side tools a request enables (Responses ``{"type": "web_search"}``, Anthropic
+``web_search_*`` / ``web_fetch_*``) run once per request, are charged per call from the price
+table's ``tool_call_prices`` and are reported in the reply (``web_search_call`` output items,
+``usage.server_tool_use``) unless ``report_tool_calls`` is off.
 
 Token counts are deterministic: prompt tokens are ``ceil(characters / 4)`` of the message texts (at
 least 1); a repeated prompt prefix of the same account and model is a cache hit; the reply has
@@ -37,7 +46,7 @@ them off; never expose a simulator to a network you don't trust)::
     PATCH  /_simulator/config                  settings, and {"time": unix seconds | null}
 
 Not modelled: closing requests that wait over 10 minutes, rate limits other than
-``max_concurrency``, tool calls, ``n`` > 1.
+``max_concurrency``, client-side tool calls, ``n`` > 1, file parsing and speech.
 
 The package, one concern per module: ``records`` (data types), ``errors`` (error replies),
 ``settings``, ``ledger`` (accounts, balances, the request log and stats, charging), ``faults``

@@ -4,6 +4,7 @@ of OpenAI chat completions, FIM completions and Anthropic messages. Pure functio
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,14 @@ class Generation:
     content: list[str]
     finish_reason: str
     usage: Usage
+    # Server-side tool calls made, in order ("web_search", "web_fetch"), and whether the reply
+    # reports them.
+    tool_calls: tuple[str, ...] = ()
+    report_tool_calls: bool = True
+
+    @property
+    def reported_tool_calls(self) -> tuple[str, ...]:
+        return self.tool_calls if self.report_tool_calls else ()
 
 
 def generate(
@@ -38,6 +47,8 @@ def generate(
     reasoning_tokens: int,
     finish_reason: str,
     usage: Usage,
+    tool_calls: tuple[str, ...] = (),
+    report_tool_calls: bool = True,
 ) -> Generation:
     """The reply to request number ``seq``, at ``now``, of ``model`` (as requested)."""
     return Generation(
@@ -45,10 +56,12 @@ def generate(
         created=int(now),
         model=model,
         thinking=thinking,
-        reasoning=_words(_REASONING_WORDS, reasoning_tokens),
-        content=_words(_CONTENT_WORDS, content_tokens),
+        reasoning=words(_REASONING_WORDS, reasoning_tokens),
+        content=words(_CONTENT_WORDS, content_tokens),
         finish_reason=finish_reason,
         usage=usage,
+        tool_calls=tool_calls,
+        report_tool_calls=report_tool_calls,
     )
 
 
@@ -67,11 +80,11 @@ def text_of(content: Any) -> str:
     return ""
 
 
-def _words(vocabulary: tuple[str, ...], n: int) -> list[str]:
+def words(vocabulary: tuple[str, ...], n: int) -> list[str]:
     return [("" if i == 0 else " ") + vocabulary[i % len(vocabulary)] for i in range(n)]
 
 
-def _split(items: list[str], parts: int) -> list[str]:
+def split(items: list[str], parts: int) -> list[str]:
     """``items`` joined into exactly ``parts`` pieces of near-equal size (some may be empty)."""
     n = len(items)
     return ["".join(items[i * n // parts : (i + 1) * n // parts]) for i in range(parts)]
@@ -92,14 +105,23 @@ def _openai_usage(usage: Usage, thinking: bool) -> dict[str, Any]:
     return result
 
 
-def _anthropic_usage(usage: Usage) -> dict[str, Any]:
+def _anthropic_usage(gen: Generation) -> dict[str, Any]:
     # Anthropic semantics: input_tokens excludes the tokens read from the cache.
-    return {
+    usage = gen.usage
+    result: dict[str, Any] = {
         "input_tokens": usage.input_cache_miss,
         "cache_creation_input_tokens": 0,
         "cache_read_input_tokens": usage.input_cache_hit,
         "output_tokens": usage.output,
     }
+    if gen.reported_tool_calls:
+        result["server_tool_use"] = _server_tool_use(gen)
+    return result
+
+
+def _server_tool_use(gen: Generation) -> dict[str, int]:
+    """Anthropic's count of server-side tool calls: ``{"web_search_requests": 1}``."""
+    return {f"{tool}_requests": n for tool, n in Counter(gen.reported_tool_calls).items()}
 
 
 # ---- OpenAI chat completions -----------------------------------------------------------------
@@ -155,11 +177,11 @@ def chat_events(
     total = max(1, stream_chunks)
     if gen.thinking:
         n_reasoning = max(1, total // 2)
-        pieces = [("reasoning_content", t) for t in _split(gen.reasoning, n_reasoning)]
-        pieces += [("content", t) for t in _split(gen.content, max(1, total - n_reasoning))]
+        pieces = [("reasoning_content", t) for t in split(gen.reasoning, n_reasoning)]
+        pieces += [("content", t) for t in split(gen.content, max(1, total - n_reasoning))]
         first = chunk({"role": "assistant", "content": None, "reasoning_content": ""})
     else:
-        pieces = [("content", t) for t in _split(gen.content, total)]
+        pieces = [("content", t) for t in split(gen.content, total)]
         first = chunk({"role": "assistant", "content": ""})
     chunks = [first]
     for key, text in pieces:
@@ -203,7 +225,7 @@ def fim_events(
     gen: Generation, include_usage: bool, no_usage: bool, stream_chunks: int, stream_usage: str
 ) -> list[Event]:
     usage = None if no_usage else _openai_usage(gen.usage, False)
-    chunks = [_fim_completion(gen, t, None) for t in _split(gen.content, max(1, stream_chunks))]
+    chunks = [_fim_completion(gen, t, None) for t in split(gen.content, max(1, stream_chunks))]
     chunks.append(_fim_completion(gen, "", gen.finish_reason))
     if include_usage:
         for c in chunks:
@@ -247,7 +269,7 @@ def anthropic_message(gen: Generation, no_usage: bool) -> dict[str, Any]:
     message["content"].append({"type": "text", "text": "".join(gen.content)})
     message["stop_reason"] = stop_reason
     if not no_usage:
-        message["usage"] = _anthropic_usage(gen.usage)
+        message["usage"] = _anthropic_usage(gen)
     return message
 
 
@@ -259,15 +281,17 @@ def anthropic_events(gen: Generation, no_usage: bool, stream_chunks: int) -> lis
         events.append((kind, {"type": kind, **payload}))
 
     if not no_usage:
-        message["usage"] = {**_anthropic_usage(gen.usage), "output_tokens": 1}
+        start_usage = _anthropic_usage(gen)
+        start_usage.pop("server_tool_use", None)  # reported at the end, in message_delta
+        message["usage"] = {**start_usage, "output_tokens": 1}
     emit("message_start", message=message)
     total = max(1, stream_chunks)
     blocks: list[tuple[str, str, list[str]]] = []
     if gen.thinking:
         n_reasoning = max(1, total // 2)
-        blocks.append(("thinking", "thinking", _split(gen.reasoning, n_reasoning)))
+        blocks.append(("thinking", "thinking", split(gen.reasoning, n_reasoning)))
         total = max(1, total - n_reasoning)
-    blocks.append(("text", "text", _split(gen.content, total)))
+    blocks.append(("text", "text", split(gen.content, total)))
     for index, (block_type, key, pieces) in enumerate(blocks):
         start: dict[str, Any] = {"type": block_type, key: ""}
         if block_type == "thinking":
@@ -289,6 +313,8 @@ def anthropic_events(gen: Generation, no_usage: bool, stream_chunks: int) -> lis
     delta_payload: dict[str, Any] = {"delta": {"stop_reason": stop_reason, "stop_sequence": None}}
     if not no_usage:
         delta_payload["usage"] = {"output_tokens": gen.usage.output}
+        if gen.reported_tool_calls:
+            delta_payload["usage"]["server_tool_use"] = _server_tool_use(gen)
     emit("message_delta", **delta_payload)
     emit("message_stop")
     return events

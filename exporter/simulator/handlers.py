@@ -1,5 +1,5 @@
-"""The API endpoints: balance, models, chat completions, FIM and Anthropic messages, with the
-request validation they share."""
+"""The API endpoints: balance, models, chat completions, FIM, Anthropic messages, the Responses
+API and the per-request web Search and Fetch calls, with the request validation they share."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from exporter.simulator.generation import (
 )
 from exporter.simulator.ledger import Ledger
 from exporter.simulator.records import RECORD, RequestRecord
+from exporter.simulator.responses import responses_events, responses_object
 from exporter.simulator.settings import SimSettings
 from exporter.simulator.writer import Writer, no_usage
 
@@ -46,6 +47,12 @@ class ApiHandlers:
         r.add_post("/v1/chat/completions", self.chat)
         r.add_post("/beta/completions", self.fim)
         r.add_post("/anthropic/v1/messages", self.anthropic)
+        r.add_post("/responses", self.responses)
+        r.add_post("/v1/responses", self.responses)
+        for path in ("/search", "/v1/search"):
+            r.add_post(path, self.search)
+        for path in ("/fetch", "/v1/fetch"):
+            r.add_post(path, self.fetch)
 
     async def balance(self, request: web.Request) -> web.StreamResponse:
         name = self._authenticate(request)
@@ -151,14 +158,69 @@ class ApiHandlers:
             (json.dumps(m, sort_keys=True, default=str), len(text_of(m.get("content"))))
             for m in messages
         ]
+        tools = _server_tools(body, _ANTHROPIC_TOOLS)
         with self.ledger.admit(name):
             response = await self.writer.wait_for_inference(request, stream)
-            gen = self._infer(record, canonical, units, thinking, max_tokens)
+            gen = self._infer(record, canonical, units, thinking, max_tokens, tools)
             if not stream:
                 message = anthropic_message(gen, no_usage(request))
                 return await self.writer.send_json(request, message, response)
             events = anthropic_events(gen, no_usage(request), self.settings.stream_chunks)
             return await self.writer.send_events(request, events, response)
+
+    async def responses(self, request: web.Request) -> web.StreamResponse:
+        record: RequestRecord = request[RECORD]
+        name = self._authenticate(request)
+        body = await _read_json(request)
+        units = _responses_input(body)
+        stream, _ = _check_common(body, record)
+        max_tokens = body.get("max_output_tokens")
+        if max_tokens is not None and (
+            not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1
+        ):
+            raise invalid("max_output_tokens: expected a positive integer")
+        canonical = self._check_model(body, record)
+        reasoning = body.get("reasoning")
+        thinking = self._thinks(record.model or "", canonical, body) or (
+            isinstance(reasoning, dict) and reasoning.get("effort") not in (None, "none")
+        )
+        tools = _server_tools(body, _RESPONSES_TOOLS)
+        with self.ledger.admit(name):
+            response = await self.writer.wait_for_inference(request, stream)
+            gen = self._infer(record, canonical, units, thinking, max_tokens, tools)
+            if not stream:
+                obj = responses_object(gen, no_usage(request))
+                return await self.writer.send_json(request, obj, response)
+            events = responses_events(gen, no_usage(request), self.settings.stream_chunks)
+            return await self.writer.send_events(request, events, response)
+
+    async def search(self, request: web.Request) -> web.StreamResponse:
+        query = await self._per_request_call(request, "query", "web-search")
+        results = [
+            {"title": f"Result {i} for {query[:40]}", "url": f"https://example.com/{i}"}
+            for i in range(1, 4)
+        ]
+        return await self.writer.send_json(request, {"object": "search", "results": results})
+
+    async def fetch(self, request: web.Request) -> web.StreamResponse:
+        url = await self._per_request_call(request, "url", "web-fetch")
+        page = {"object": "fetch", "url": url, "content": "Simulated page text."}
+        return await self.writer.send_json(request, page)
+
+    async def _per_request_call(self, request: web.Request, field: str, item: str) -> str:
+        """Validate and charge a direct call billed per request; its string ``field``."""
+        record: RequestRecord = request[RECORD]
+        name = self._authenticate(request)
+        body = await _read_json(request)
+        value = body.get(field)
+        if not isinstance(value, str) or not value:
+            raise invalid(
+                f"missing field `{field}`" if value is None else f"{field}: expected text"
+            )
+        record.model = item
+        with self.ledger.admit(name):
+            self.ledger.charge_request(record, item, self.settings.clock())
+        return value
 
     def _authenticate(self, request: web.Request, anthropic: bool = False) -> str:
         """The account name for the request's key, or a 401 that shows at most 4 of its chars."""
@@ -200,8 +262,10 @@ class ApiHandlers:
         units: list[tuple[str, int]],
         thinking: bool,
         max_tokens: int | None,
+        tool_calls: tuple[str, ...] = (),
     ) -> Generation:
-        """Run the "inference": count tokens, charge the account, record a 200."""
+        """Run the "inference": count tokens, charge the account (for the server-side tool
+        calls too), record a 200."""
         content_tokens = self.settings.completion_tokens
         finish_reason = "stop"
         if max_tokens is not None and max_tokens < content_tokens:
@@ -209,11 +273,25 @@ class ApiHandlers:
         reasoning_tokens = self.settings.reasoning_tokens if thinking else 0
         now = self.settings.clock()
         usage = self.ledger.charge(
-            record, canonical, units, content_tokens + reasoning_tokens, reasoning_tokens, now
+            record,
+            canonical,
+            units,
+            content_tokens + reasoning_tokens,
+            reasoning_tokens,
+            now,
+            tool_calls,
         )
-        model = record.model or canonical
         return generate(
-            record.seq, now, model, thinking, content_tokens, reasoning_tokens, finish_reason, usage
+            record.seq,
+            now,
+            record.model or canonical,
+            thinking,
+            content_tokens,
+            reasoning_tokens,
+            finish_reason,
+            usage,
+            tool_calls,
+            self.settings.report_tool_calls,
         )
 
 
@@ -253,3 +331,54 @@ def _check_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     if not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages):
         raise invalid("messages: each message needs a string `role`")
     return messages
+
+
+# Request tool types that the server runs itself, one call per request: Responses API names,
+# and Anthropic's versioned ones by prefix.
+_RESPONSES_TOOLS = {
+    "web_search": "web_search",
+    "web_search_preview": "web_search",
+    "web_fetch": "web_fetch",
+}
+_ANTHROPIC_TOOLS = {"web_search_": "web_search", "web_fetch_": "web_fetch"}
+
+
+def _server_tools(body: dict[str, Any], known: dict[str, str]) -> tuple[str, ...]:
+    """The server-side tools the request enables, in order; other tools are the client's."""
+    tools = body.get("tools")
+    if tools is None:
+        return ()
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise invalid("tools: expected a list of objects")
+    found: list[str] = []
+    for tool in tools:
+        kind = tool.get("type")
+        if not isinstance(kind, str):
+            continue
+        for prefix, name in known.items():
+            if kind == prefix or (prefix.endswith("_") and kind.startswith(prefix)):
+                found.append(name)
+                break
+    return tuple(found)
+
+
+def _responses_input(body: dict[str, Any]) -> list[tuple[str, int]]:
+    """The prompt units of a Responses request: ``instructions``, then ``input`` (a string or
+    a list of message items)."""
+    units: list[tuple[str, int]] = []
+    instructions = body.get("instructions")
+    if instructions is not None:
+        if not isinstance(instructions, str):
+            raise invalid("instructions: expected a string")
+        units.append(("\0instructions\0" + instructions, len(instructions)))
+    given = body.get("input")
+    if isinstance(given, str) and given:
+        units.append((given, len(given)))
+    elif isinstance(given, list) and given and all(isinstance(i, dict) for i in given):
+        units += [
+            (json.dumps(i, sort_keys=True, default=str), len(text_of(i.get("content"))))
+            for i in given
+        ]
+    else:
+        raise invalid("missing field `input`" if given is None else "input: expected text or items")
+    return units

@@ -18,6 +18,7 @@ from exporter.simulator.errors import Reject, error_response
 from exporter.simulator.records import (
     COMPLETION_ENDPOINTS,
     ENDPOINTS,
+    PER_REQUEST_ENDPOINTS,
     AccountStats,
     RequestRecord,
     SimAccount,
@@ -109,7 +110,11 @@ class Ledger:
         with self._lock:
             return {
                 name: replace(
-                    s, completions=dict(s.completions), other_requests=dict(s.other_requests)
+                    s,
+                    completions=dict(s.completions),
+                    other_requests=dict(s.other_requests),
+                    per_request=dict(s.per_request),
+                    tool_calls=dict(s.tool_calls),
                 )
                 for name, s in self._stats.items()
             }
@@ -146,11 +151,12 @@ class Ledger:
             if record.account is None:
                 return
             stats = self._stats.setdefault(record.account, AccountStats())
-            counter = (
-                stats.completions
-                if record.endpoint in COMPLETION_ENDPOINTS
-                else stats.other_requests
-            )
+            if record.endpoint in COMPLETION_ENDPOINTS:
+                counter = stats.completions
+            elif record.endpoint in PER_REQUEST_ENDPOINTS:
+                counter = stats.per_request
+            else:
+                counter = stats.other_requests
             counter[status] = counter.get(status, 0) + 1
             if previous is not None:
                 counter[previous] -= 1
@@ -167,6 +173,8 @@ class Ledger:
                 )
             if record.cost is not None:
                 stats.cost += record.cost
+            for tool, calls in record.tool_calls.items():
+                stats.tool_calls[tool] = stats.tool_calls.get(tool, 0) + calls
 
     # ---- completions -------------------------------------------------------------------------
 
@@ -198,34 +206,61 @@ class Ledger:
         output_tokens: int,
         reasoning_tokens: int,
         now: float,
+        tool_calls: tuple[str, ...] = (),
     ) -> Usage:
-        """Count the prompt's tokens, charge the account for the completion at ``now`` and
-        record a 200; the usage charged."""
+        """Count the prompt's tokens, charge the account for the completion (and the server-side
+        tool calls it made) at ``now`` and record a 200; the usage charged."""
         name = record.account
         assert name is not None
+        at = datetime.fromtimestamp(now, tz=UTC)
+        prices = self.settings.prices
         with self._lock:
             hit, miss = self._split_prompt(name, canonical, units)
             usage = Usage(hit, miss, output_tokens, reasoning_tokens)
             record.usage = usage
+            for tool in tool_calls:
+                record.tool_calls[tool] = record.tool_calls.get(tool, 0) + 1
             account = self._accounts.get(name)
             if account is not None and account.currency is not None:
                 record.currency = account.currency
-                record.cost = self.settings.prices.cost(
-                    canonical, account.currency, usage, datetime.fromtimestamp(now, tz=UTC)
-                )
-                if record.cost is not None and record.cost > 0:
-                    granted, topped_up = account.balances[account.currency]
-                    # Granted first, then topped up (the sheet); never below zero.
-                    from_granted = min(max(granted, Decimal(0)), record.cost)
-                    from_topped = min(max(topped_up, Decimal(0)), record.cost - from_granted)
-                    account.balances[account.currency] = (
-                        granted - from_granted,
-                        topped_up - from_topped,
-                    )
+                record.cost = prices.cost(canonical, account.currency, usage, at)
+                for tool in tool_calls:
+                    item = prices.item_for_tool(tool)
+                    price = None
+                    if item is not None:
+                        price = prices.request_price(item, account.currency, at, tool_call=True)
+                    if price is not None and record.cost is not None:
+                        record.cost += price
+                self._deduct(account, record.cost)
         # Counted now, not when the reply ends: a client that has read the whole reply must find
         # it in stats() at once. A client that goes away mid-reply turns it into a 499.
         self.finish(record, 200)
         return usage
+
+    def charge_request(self, record: RequestRecord, item: str, now: float) -> None:
+        """Charge one direct call of a per-request ``item`` (web Search, Fetch); record a 200."""
+        name = record.account
+        assert name is not None
+        with self._lock:
+            account = self._accounts.get(name)
+            if account is not None and account.currency is not None:
+                record.currency = account.currency
+                record.cost = self.settings.prices.request_price(
+                    item, account.currency, datetime.fromtimestamp(now, tz=UTC)
+                )
+                self._deduct(account, record.cost)
+        self.finish(record, 200)
+
+    @staticmethod
+    def _deduct(account: SimAccount, cost: Decimal | None) -> None:
+        """Take ``cost`` from the granted balance first, then the topped-up one (the sheet);
+        never below zero. Call with the lock held."""
+        if cost is None or cost <= 0 or account.currency is None:
+            return
+        granted, topped_up = account.balances[account.currency]
+        from_granted = min(max(granted, Decimal(0)), cost)
+        from_topped = min(max(topped_up, Decimal(0)), cost - from_granted)
+        account.balances[account.currency] = (granted - from_granted, topped_up - from_topped)
 
     def _split_prompt(
         self, name: str, canonical: str, units: list[tuple[str, int]]

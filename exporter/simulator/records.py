@@ -20,11 +20,16 @@ ENDPOINTS = {
     "/chat/completions": "chat",
     "/beta/completions": "fim",
     "/anthropic/v1/messages": "anthropic",
+    "/responses": "responses",
+    "/search": "search",
+    "/fetch": "fetch",
 }
 # One SSE event: (event name, payload); a str payload is sent as is (``[DONE]``).
 Event = tuple[str | None, dict[str, Any] | str]
 # Completions are the requests that are charged and counted per account in AccountStats.
-COMPLETION_ENDPOINTS = frozenset({"chat", "fim", "anthropic"})
+COMPLETION_ENDPOINTS = frozenset({"chat", "fim", "anthropic", "responses"})
+# Billed per request (web Search and Fetch called directly), counted apart from completions.
+PER_REQUEST_ENDPOINTS = frozenset({"search", "fetch"})
 
 
 def canonical_path(path: str) -> str:
@@ -147,7 +152,7 @@ class RequestRecord:
     time: float  # simulator clock, unix seconds
     method: str
     path: str
-    endpoint: str  # chat | fim | anthropic | balance | models
+    endpoint: str  # chat | fim | anthropic | responses | search | fetch | balance | models
     account: str | None = None  # None: not authenticated
     model: str | None = None
     stream: bool = False
@@ -159,6 +164,8 @@ class RequestRecord:
     usage: Usage | None = None  # charged usage (whether or not the reply showed it)
     cost: Decimal | None = None  # priced cost; the deduction may be less (clamped at zero)
     currency: str | None = None
+    # Server-side tool calls the model made (charged whether or not the reply reported them).
+    tool_calls: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -173,8 +180,10 @@ class AccountStats:
 
     completions: dict[int, int] = field(default_factory=dict)  # status code -> count
     other_requests: dict[int, int] = field(default_factory=dict)  # balance, models
+    per_request: dict[int, int] = field(default_factory=dict)  # direct Search / Fetch calls
+    tool_calls: dict[str, int] = field(default_factory=dict)  # server-side tool calls, by tool
     usage: Usage = field(default_factory=Usage)  # sum of charged usage
-    cost: Decimal = Decimal(0)  # sum of priced cost
+    cost: Decimal = Decimal(0)  # sum of priced cost (tokens, per-request and tool calls)
 
     @property
     def completions_ok(self) -> int:
@@ -184,6 +193,8 @@ class AccountStats:
         return {
             "completions": {str(k): v for k, v in sorted(self.completions.items())},
             "other_requests": {str(k): v for k, v in sorted(self.other_requests.items())},
+            "per_request": {str(k): v for k, v in sorted(self.per_request.items())},
+            "tool_calls": dict(sorted(self.tool_calls.items())),
             "usage": asdict(self.usage),
             "cost": str(self.cost),
         }

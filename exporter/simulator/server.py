@@ -51,6 +51,8 @@ class Simulator:
       chunk, only when requested).
     - ``numeric_balances``: balance amounts as JSON numbers (an older doc's variant).
     - ``max_concurrency``: completions in flight per account before 429 (None: no limit).
+    - ``report_tool_calls``: whether replies report the server-side tool calls (web search,
+      fetch) they were charged for; False models an API that bills calls a proxy cannot see.
     """
 
     # The settings live in ``self.settings``, which the handlers and the writer share; these
@@ -69,6 +71,7 @@ class Simulator:
     stream_usage = Setting[str]()
     numeric_balances = Setting[bool]()
     max_concurrency = Setting[int | None]()
+    report_tool_calls = Setting[bool]()
 
     def __init__(
         self,
@@ -88,6 +91,7 @@ class Simulator:
         stream_usage: str = "deepseek",
         numeric_balances: bool = False,
         max_concurrency: int | None = None,
+        report_tool_calls: bool = True,
         control: bool = True,
     ) -> None:
         if stream_usage not in STREAM_USAGE_STYLES:
@@ -107,6 +111,7 @@ class Simulator:
             stream_usage=stream_usage,
             numeric_balances=numeric_balances,
             max_concurrency=max_concurrency,
+            report_tool_calls=report_tool_calls,
         )
         self.control = control
         self.base_url: str | None = None

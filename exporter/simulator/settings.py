@@ -23,6 +23,7 @@ CONFIG_FIELDS: dict[str, type | tuple[type, ...]] = {
     "stream_usage": str,
     "numeric_balances": bool,
     "max_concurrency": (int, type(None)),
+    "report_tool_calls": bool,
 }
 
 
@@ -46,6 +47,9 @@ class SimSettings:
     stream_usage: str
     numeric_balances: bool
     max_concurrency: int | None
+    # False: server-side tool calls are charged but left out of the reply, as an API that does
+    # not report them would (what a metering proxy cannot see).
+    report_tool_calls: bool = True
 
     def served_models(self) -> list[str]:
         """The models ``GET /models`` lists and completions accept."""
