@@ -614,3 +614,103 @@ def test_fuzz_stream_round_trip(
     points = sorted({min(c, len(stream)) for c in cuts})
     pieces = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
     assert scan(*pieces) == Usage(hit, miss, output, reasoning)
+
+
+# --- Responses API and reported tool calls ---------------------------------------------------
+
+RESPONSES_USAGE = {
+    "input_tokens": 100,
+    "input_tokens_details": {"cached_tokens": 80},
+    "output_tokens": 50,
+    "output_tokens_details": {"reasoning_tokens": 30},
+    "total_tokens": 150,
+}
+
+
+def test_responses_body_counts_cached_tokens_inside_input() -> None:
+    """The issue's example: 100 input of which 80 cached, 50 output of which 30 reasoning."""
+    body = json.dumps({"object": "response", "output": [], "usage": RESPONSES_USAGE}).encode()
+    assert usage_from_json_body(body) == Usage(80, 20, 50, 30)
+
+
+def test_responses_usage_nested_under_response_is_read_too() -> None:
+    body = json.dumps({"response": {"usage": RESPONSES_USAGE, "output": []}}).encode()
+    assert usage_from_json_body(body) == Usage(80, 20, 50, 30)
+
+
+def test_responses_stream_usage_comes_from_response_completed() -> None:
+    created = {"type": "response.created", "response": {"usage": None, "output": []}}
+    item = {"type": "web_search_call", "id": "ws_1", "status": "completed"}
+    completed = {
+        "type": "response.completed",
+        "response": {"usage": RESPONSES_USAGE, "output": [item, {"type": "message"}]},
+    }
+    scanner = StreamUsageScanner()
+    for event in (created, completed):
+        scanner.feed(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
+    assert scanner.finish() == Usage(80, 20, 50, 30, (("web_search", 1),))
+
+
+@pytest.mark.parametrize(
+    ("output", "calls"),
+    [
+        ([], ()),
+        ([{"type": "web_search_call", "status": "completed"}] * 2, (("web_search", 2),)),
+        (
+            [
+                {"type": "web_fetch_call"},
+                {"type": "web_search_call", "status": "failed"},  # not billed
+                {"type": "function_call", "name": "f"},  # the client's own tool
+                {"type": "message"},
+                "junk",
+            ],
+            (("web_fetch", 1),),
+        ),
+    ],
+)
+def test_responses_tool_calls_are_output_items(output: list[Any], calls: Any) -> None:
+    body = json.dumps({"usage": RESPONSES_USAGE, "output": output}).encode()
+    found = usage_from_json_body(body)
+    assert found is not None and found.tool_calls == calls
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {**RESPONSES_USAGE, "input_tokens_details": {"cached_tokens": 101}},  # more than input
+        {**RESPONSES_USAGE, "output_tokens_details": {"reasoning_tokens": 51}},
+        {**RESPONSES_USAGE, "input_tokens_details": {"cached_tokens": -1}},
+        {**RESPONSES_USAGE, "input_tokens_details": "80"},
+        {"input_tokens_details": {"cached_tokens": 0}, "output_tokens": 5},  # no input_tokens
+    ],
+)
+def test_responses_usage_unreadable(usage: dict[str, Any]) -> None:
+    assert usage_from_json_body(json.dumps({"usage": usage}).encode()) is None
+
+
+def test_anthropic_server_tool_use() -> None:
+    usage = {
+        "input_tokens": 10,
+        "output_tokens": 5,
+        "server_tool_use": {"web_search_requests": 2, "web_fetch_requests": 0},
+    }
+    assert usage_from_json_body(json.dumps({"usage": usage}).encode()) == Usage(
+        0, 10, 5, 0, (("web_search", 2),)
+    )
+    bad = {**usage, "server_tool_use": {"web_search_requests": -1}}
+    assert usage_from_json_body(json.dumps({"usage": bad}).encode()) is None
+
+
+def test_anthropic_stream_server_tool_use_in_message_delta() -> None:
+    start = {
+        "type": "message_start",
+        "message": {"usage": {"input_tokens": 10, "output_tokens": 1}},
+    }
+    delta = {
+        "type": "message_delta",
+        "usage": {"output_tokens": 7, "server_tool_use": {"web_fetch_requests": 1}},
+    }
+    scanner = StreamUsageScanner()
+    for event in (start, delta):
+        scanner.feed(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
+    assert scanner.finish() == Usage(0, 10, 7, 0, (("web_fetch", 1),))

@@ -1,4 +1,5 @@
-"""Token usage as DeepSeek bills it, extracted from OpenAI- and Anthropic-shaped replies."""
+"""Usage as DeepSeek bills it, extracted from OpenAI chat, Responses API and Anthropic replies:
+tokens by type, and the server-side tool calls (web search, fetch) a reply reports."""
 
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ class Usage:
     input_cache_miss: int = 0
     output: int = 0
     reasoning: int = 0
+    # Server-side tool calls the reply reports, as (tool, count) pairs in a stable order:
+    # ("web_search", 2). Billed per call, not per token.
+    tool_calls: tuple[tuple[str, int], ...] = ()
 
 
 # Parsers below never raise on bad input and never invent a count: a reply they cannot read
@@ -93,7 +97,8 @@ def usage_from_anthropic(usage: object) -> Usage | None:
     """Usage from an Anthropic-shaped ``usage`` object.
 
     ``input_tokens`` excludes cached tokens there: cache reads are the hit part, and cache
-    writes are billed by DeepSeek as ordinary (miss) input.
+    writes are billed by DeepSeek as ordinary (miss) input. ``server_tool_use`` counts the
+    server-side tool calls (``web_search_requests``...).
     """
     if not isinstance(usage, Mapping):
         return None
@@ -102,18 +107,86 @@ def usage_from_anthropic(usage: object) -> Usage | None:
         output = _field(usage, "output_tokens")
         hit = _field(usage, "cache_read_input_tokens")
         created = _field(usage, "cache_creation_input_tokens")
+        server = _details(usage, "server_tool_use")
+        tools = {
+            key.removesuffix("_requests"): _field(server, key) or 0
+            for key in server
+            if isinstance(key, str) and key.endswith("_requests")
+        }
     except _Invalid:
         return None
     if miss is None or output is None:
         return None
-    return Usage(hit or 0, miss + (created or 0), output, 0)
+    return Usage(hit or 0, miss + (created or 0), output, 0, _tool_calls(tools))
 
 
-def _usage_of(usage: object) -> Usage | None:
-    """Either shape, told apart by its keys."""
+def usage_from_responses(usage: object, output: object = None) -> Usage | None:
+    """Usage from an OpenAI Responses API ``usage`` object (and the response's ``output``).
+
+    Unlike Anthropic's, ``input_tokens`` includes the cached tokens
+    (``input_tokens_details.cached_tokens``); ``output_tokens`` includes the reasoning tokens.
+    Server-side tool calls are the ``output`` items of type ``<tool>_call`` (``web_search_call``)
+    that did not fail.
+    """
+    if not isinstance(usage, Mapping):
+        return None
+    try:
+        prompt = _field(usage, "input_tokens")
+        output_tokens = _field(usage, "output_tokens")
+        cached = _field(_details(usage, "input_tokens_details"), "cached_tokens") or 0
+        reasoning = _field(_details(usage, "output_tokens_details"), "reasoning_tokens") or 0
+    except _Invalid:
+        return None
+    if prompt is None or output_tokens is None or cached > prompt or reasoning > output_tokens:
+        return None
+    return Usage(cached, prompt - cached, output_tokens, reasoning, _output_tool_calls(output))
+
+
+def _output_tool_calls(output: object) -> tuple[tuple[str, int], ...]:
+    calls: dict[str, int] = {}
+    if isinstance(output, list):
+        for item in output:
+            kind = item.get("type") if isinstance(item, Mapping) else None
+            if (
+                isinstance(kind, str)
+                and kind.endswith("_call")
+                and kind != "function_call"  # the client's own tools, not billed by DeepSeek
+                and item.get("status") not in ("failed", "incomplete")
+            ):
+                tool = kind.removesuffix("_call")
+                calls[tool] = calls.get(tool, 0) + 1
+    return _tool_calls(calls)
+
+
+def _tool_calls(counts: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
+    # Names as the reply spells them: the price table decides which are billed, and a name it
+    # does not know is never a metric label.
+    return tuple(sorted((tool, n) for tool, n in counts.items() if n > 0 and len(tool) <= 64))
+
+
+def _is_responses(usage: Mapping[str, object]) -> bool:
+    return "input_tokens_details" in usage or "output_tokens_details" in usage
+
+
+def _usage_of(usage: object, output: object = None) -> Usage | None:
+    """Any of the three shapes, told apart by their keys. Anthropic and the Responses API share
+    ``input_tokens``/``output_tokens`` but not their cache fields, and only one of them counts
+    cached tokens inside ``input_tokens``; without cache fields both read the same."""
     if isinstance(usage, Mapping) and ("input_tokens" in usage or "output_tokens" in usage):
+        if _is_responses(usage):
+            return usage_from_responses(usage, output)
         return usage_from_anthropic(usage)
     return usage_from_openai(usage)
+
+
+def _usage_in(doc: Mapping[str, object]) -> Usage | None:
+    """The usage of a reply object: at the top level, or under ``response`` as the Responses
+    API streams it (``response.completed``); accept both nestings either way."""
+    usage, output = doc.get("usage"), doc.get("output")
+    nested = doc.get("response")
+    if usage is None and isinstance(nested, Mapping):
+        usage, output = nested.get("usage"), nested.get("output")
+    return _usage_of(usage, output)
 
 
 def _loads(data: bytes) -> object:
@@ -131,7 +204,7 @@ def usage_from_json_body(body: bytes) -> Usage | None:
     so they need no special handling.
     """
     doc = _loads(body)
-    return _usage_of(doc.get("usage")) if isinstance(doc, dict) else None
+    return _usage_in(doc) if isinstance(doc, dict) else None
 
 
 class StreamUsageScanner:
@@ -206,6 +279,6 @@ class StreamUsageScanner:
             if isinstance(usage, dict) and self._anthropic is not None:
                 self._anthropic.update((k, v) for k, v in usage.items() if v is not None)
         else:
-            found = _usage_of(event.get("usage"))
+            found = _usage_in(event)
             if found is not None:
                 self._openai = found
