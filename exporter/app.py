@@ -193,7 +193,7 @@ class Exporter:
         self.registry.register(BalanceCollector(self.poller, clock))
         self.metrics = ProxyMetrics(self.registry)
         self.proxy = Proxy(config, self.metrics, self.prices, self.poller, clock=clock)
-        self.metrics.init_accounts(config.accounts, self.prices.models)
+        self.metrics.init_accounts(config.accounts, self.prices.labels)
         self.recent = RecentTraffic(functools.partial(read_totals, self.metrics), clock)
 
         self._runners: list[web.BaseRunner] = []
@@ -304,7 +304,7 @@ class Exporter:
             self._reload_web_configs(config)
             self.poller.reconfigure(config.deepseek, config.balance, config.accounts)
             self.proxy.reconfigure(config, prices)
-            self.metrics.init_accounts(config.accounts, prices.models)
+            self.metrics.init_accounts(config.accounts, prices.labels)
             self._reload_ok.set(1)
             self._reload_time.set(self.clock())
             log.info("config reloaded: %d account(s)", len(config.accounts))

@@ -428,7 +428,7 @@ def sniff(pieces: list[bytes]) -> str:
     sniffer = ModelSniffer()
     for piece in pieces:
         sniffer.feed(piece)
-    return PROXY.model_label(sniffer.model)
+    return PROXY.meter.label("/chat/completions", sniffer.model)
 
 
 SNIFF_FRAGMENTS = st.sampled_from(
@@ -509,7 +509,7 @@ def test_price_lookup_of_any_name(
         for value in (price.input_cache_hit, price.input_cache_miss, price.output):
             assert value.is_finite() and value >= 0
         assert cost.is_finite() and cost >= 0
-        assert PROXY.model_label(model.encode()) == canonical
+        assert PROXY.meter.label("/chat/completions", model.encode()) == canonical
 
 
 # --- Anthropic-style streams, split anywhere -------------------------------------------------

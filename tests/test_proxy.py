@@ -330,7 +330,7 @@ def test_unknown_and_arbitrary_models_keep_labels_bounded(proxy: RunningExporter
         for line in proxy.scrape_text().splitlines()
         if 'model="' in line
     }
-    assert models == proxy.exporter.prices.models | {"other"}
+    assert models == proxy.exporter.prices.labels | {"other"}
 
 
 def test_legacy_model_name_maps_to_its_canonical_label(proxy: RunningExporter) -> None:

@@ -1,7 +1,8 @@
 """Metrics of the metering proxy, created on an injected registry.
 
 Label values are bounded whatever clients send: ``account`` is a configured name or ``unknown``,
-``model`` a priced model or ``other``, ``code`` an HTTP status, the rest fixed enumerations.
+``model`` a priced model, a per-request item of the price table (``web-search``) or ``other``,
+``code`` an HTTP status, the rest fixed enumerations.
 """
 
 from __future__ import annotations
@@ -84,6 +85,13 @@ class ProxyMetrics:
             "deepseek_stream_aborts",
             "Responses cut short, by which side went away.",
             ["account", "model", "reason"],
+            registry=registry,
+        )
+        self.tool_calls = Counter(
+            "deepseek_tool_calls",
+            "Server-side tool calls that replies reported, by the per-request item they are "
+            "billed as (web-search, web-fetch; other: not in the price table).",
+            ["account", "model", "tool"],
             registry=registry,
         )
         self.usage_missing = Counter(

@@ -162,6 +162,11 @@ class PriceTable:
         return self._models
 
     @property
+    def labels(self) -> frozenset[str]:
+        """Every ``model`` label value the table can produce, besides ``other``."""
+        return self._models | frozenset(self._items)
+
+    @property
     def request_items(self) -> frozenset[str]:
         """Names of what is billed per request (``web-search``...): ``model`` label values too."""
         return frozenset(self._items)

@@ -16,7 +16,6 @@ import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Protocol
 
 import aiohttp
@@ -25,9 +24,10 @@ from multidict import CIMultiDict
 
 from exporter.clock import Clock
 from exporter.config import Config, Secret
-from exporter.proxy.metrics import OTHER_MODEL, UNKNOWN_ACCOUNT, ProxyMetrics
+from exporter.proxy.metering import Meter
+from exporter.proxy.metrics import UNKNOWN_ACCOUNT, ProxyMetrics
 from exporter.proxy.pricing import PriceTable
-from exporter.proxy.usage import StreamUsageScanner, Usage, usage_from_json_body
+from exporter.proxy.usage import StreamUsageScanner, usage_from_json_body
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ class Proxy:
         self.timeout = aiohttp.ClientTimeout(
             total=None, connect=config.deepseek.timeout, sock_read=config.proxy.timeout
         )
-        self._model_labels: dict[bytes, str] = {}
+        self.meter = Meter(self.metrics, prices, self.account_currency, self.clock)
 
     def make_server(self, middlewares: Sequence[Middleware] = ()) -> web.Server:
         """A low-level server: no router, so every method and target (CONNECT, absolute URLs)
@@ -191,18 +191,6 @@ class Proxy:
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
-
-    def model_label(self, raw: bytes | None) -> str:
-        """A bounded label: a priced model's canonical name, or ``other``."""
-        if raw is None:
-            return OTHER_MODEL
-        label = self._model_labels.get(raw)
-        if label is None:
-            canonical = self.prices.canonical_model(raw.decode("utf-8", "replace"))
-            label = canonical if canonical is not None else OTHER_MODEL
-            if len(self._model_labels) < 1024:  # a cache, not an unbounded map of client input
-                self._model_labels[raw] = label
-        return label
 
     def account_currency(self, account: str) -> str | None:
         configured = self.config.account(account)
@@ -295,7 +283,7 @@ class Proxy:
         except asyncio.CancelledError:
             # The client went away before the upstream answered (while still sending its body,
             # or waiting for the response head) and aiohttp cancelled us: an abort all the same.
-            model = self.model_label(sniffer.model)
+            model = self.meter.label(request.path, sniffer.model)
             metrics.stream_aborts.labels(account, model, "client_disconnect").inc()
             raise
         except BodyTooLarge:
@@ -313,7 +301,7 @@ class Proxy:
             metrics.upstream_errors.labels(account, "reset").inc()
             return deepseek_error(502, "The upstream connection was reset", "upstream_reset")
 
-        model = self.model_label(sniffer.model)
+        model = self.meter.label(request.path, sniffer.model)
         try:
             return await self._relay(request, upstream, account, model, started)
         finally:
@@ -386,26 +374,8 @@ class Proxy:
                 usage = scanner.finish()
             else:
                 usage = usage_from_json_body(_decoded(b"".join(kept), upstream.headers))
-            self._meter(account, model, usage, request.path)
+            self.meter.meter(account, model, request.path, usage)
         return response
-
-    def _meter(self, account: str, model: str, usage: Usage | None, path: str) -> None:
-        metrics = self.metrics
-        if usage is None:
-            if path.endswith(("/completions", "/messages")):
-                metrics.usage_missing.labels(account, model).inc()
-            return
-        tokens = metrics.tokens
-        tokens.labels(account, model, "input_cache_hit").inc(usage.input_cache_hit)
-        tokens.labels(account, model, "input_cache_miss").inc(usage.input_cache_miss)
-        tokens.labels(account, model, "output").inc(usage.output)
-        metrics.reasoning_tokens.labels(account, model).inc(usage.reasoning)
-        currency = self.account_currency(account)
-        if currency is None or model == OTHER_MODEL:
-            return
-        cost = self.prices.cost(model, currency, usage, datetime.fromtimestamp(self.clock(), UTC))
-        if cost is not None:
-            metrics.cost.labels(account, model, currency).inc(float(cost))
 
 
 def _decoded(body: bytes, headers: Mapping[str, str]) -> bytes:
