@@ -357,12 +357,14 @@ class Proxy:
         except asyncio.CancelledError:
             # The client went away and aiohttp cancelled us; leaving the context closes upstream.
             metrics.stream_aborts.labels(account, model, "client_disconnect").inc()
+            self._meter_cut_stream(request, status, scanner, account, model)
             raise
         finally:
             metrics.duration.labels(account, model).observe(time.perf_counter() - started)
 
         if abort is not None:
             metrics.stream_aborts.labels(account, model, abort).inc()
+            self._meter_cut_stream(request, status, scanner, account, model)
             if abort == "upstream_disconnect" and request.transport is not None:
                 # Headers are out; cutting the connection is the only way to tell the client.
                 request.transport.abort()
@@ -376,6 +378,23 @@ class Proxy:
                 usage = usage_from_json_body(_decoded(b"".join(kept), upstream.headers))
             self.meter.meter(account, model, request.path, usage)
         return response
+
+    def _meter_cut_stream(
+        self,
+        request: web.BaseRequest,
+        status: int,
+        scanner: StreamUsageScanner | None,
+        account: str,
+        model: str,
+    ) -> None:
+        """A stream cut short whose usage had already passed through was billed in full (a
+        client may close as soon as the last event arrives): meter it. Without usage the cost
+        is unknown, and only the abort is counted."""
+        if scanner is None or not 200 <= status < 300 or request.method != "POST":
+            return
+        usage = scanner.finish()
+        if usage is not None:
+            self.meter.meter(account, model, request.path, usage)
 
 
 def _decoded(body: bytes, headers: Mapping[str, str]) -> bytes:
