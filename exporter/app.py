@@ -314,7 +314,9 @@ class Exporter:
             if self.poller.enabled:
                 await self.poller.poll_once()
                 if self._poll_task is not None and self._poll_task.done():
-                    self._poll_task = asyncio.create_task(self.poller.run(), name="balance-poller")
+                    self._poll_task = asyncio.create_task(
+                        self.poller.run(self.proxy.prime_costs), name="balance-poller"
+                    )
             return ReloadResult(notes=notes)
 
     def _web_config_loaded(self, listener: str, ok: bool) -> None:
@@ -416,7 +418,9 @@ class Exporter:
                 self.listening[self.proxy_url],
                 self.config.deepseek.base_url,
             )
-        self._poll_task = asyncio.create_task(self.poller.run(), name="balance-poller")
+        self._poll_task = asyncio.create_task(
+            self.poller.run(self.proxy.prime_costs), name="balance-poller"
+        )
         self._recent_task = asyncio.create_task(self.recent.run(), name="traffic-snapshots")
         # Start-up leaves ~55,000 long-lived objects (imports, price table) that every full
         # collection would walk again: 25-35 ms pauses that set the proxy's p99 under load

@@ -86,6 +86,9 @@ class AccountConfig:
     currency: str | None = None  # overrides the currency the balance reports, for cost
     # DeepSeekSpendSpike stays quiet while the last hour's spend rate is below this, per day.
     spend_spike_min_per_day: Decimal = Decimal(1)
+    # Every call with this key goes through the proxy: deducted spend that the proxy did not
+    # meter is a leaked key, an app bypassing it or a stale price table (DeepSeekUnmeteredSpend).
+    all_traffic_via_proxy: bool = False
 
 
 @dataclass(frozen=True)
@@ -403,6 +406,7 @@ def _build(raw: Any, environ: Mapping[str, str], base_dir: Path, resolve: bool =
                 "low_balance_threshold",
                 "currency",
                 "spend_spike_min_per_day",
+                "all_traffic_via_proxy",
             },
         )
         name = _string(f"{path}.name", acc.get("name"))
@@ -425,6 +429,9 @@ def _build(raw: Any, environ: Mapping[str, str], base_dir: Path, resolve: bool =
                 else _currency(f"{path}.currency", acc["currency"]),
                 spend_spike_min_per_day=_amount(
                     f"{path}.spend_spike_min_per_day", acc.get("spend_spike_min_per_day", 1)
+                ),
+                all_traffic_via_proxy=_bool(
+                    f"{path}.all_traffic_via_proxy", acc.get("all_traffic_via_proxy", False)
                 ),
             )
         )

@@ -567,6 +567,39 @@ def cost_by_model() -> Panel:
     )
 
 
+def deducted_vs_metered() -> Panel:
+    def q(cur: str) -> list[dict]:
+        deducted, metered = ("A", "B") if cur == "USD" else ("C", "D")
+        return [
+            target(
+                deducted,
+                f'max by (account) (increase(deepseek_balance_spent_total{{{SEL}, currency="{cur}"}}[1h]))',
+                f"{{{{account}}}} deducted ({cur})",
+            ),
+            target(
+                metered,
+                f'sum by (account) (increase(deepseek_estimated_cost_total{{{SEL}, currency="{cur}", account!="unknown"}}[1h]))',
+                f"{{{{account}}}} metered ({cur})",
+            ),
+        ]
+
+    return timeseries(
+        "Deducted against metered, last hour",
+        "Solid: what the balance fell by over the last hour (max over replicas). Dashed: what the "
+        "proxy metered for the account over the same hour (summed over replicas). A lasting gap "
+        "is spend the proxy did not see or did not price: a leaked key, an app that bypasses the "
+        "proxy, a stale price table. DeepSeekUnmeteredSpend watches it for accounts with "
+        "all_traffic_via_proxy: true.",
+        two_currencies(q),
+        unit=USD,
+        overrides=[
+            *unit_overrides(["A", "B"], ["C", "D"]),
+            by_ref("B", ("custom.lineStyle", {"fill": "dash", "dash": [10, 10]})),
+            by_ref("D", ("custom.lineStyle", {"fill": "dash", "dash": [10, 10]})),
+        ],
+    )
+
+
 def latency() -> Panel:
     def q(ref: str, metric: str, quantile: str, legend: str) -> dict:
         return target(
@@ -767,6 +800,7 @@ LAYOUT: list[tuple[Any, int, int]] = [  # (panel, width, height); a row panel st
     (tokens, 12, 8),
     (cache_hit_ratio, 12, 8),
     (cost_by_model, 12, 8),
+    (deducted_vs_metered, 12, 8),
     (latency, 12, 8),
     (in_flight, 12, 8),
     (proxy_problems, 12, 8),

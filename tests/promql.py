@@ -68,6 +68,7 @@ EXPORTED: dict[str, frozenset[str]] = {
         "deepseek_balance_burn_rate_baseline": ("account", "currency", "window"),
         "deepseek_balance_spend_spike_min_burn_rate": ("account", "currency"),
         "deepseek_balance_exhaustion_seconds": ("account", "currency"),
+        "deepseek_account_all_traffic_via_proxy": ("account",),
         "deepseek_exporter_build_info": ("version",),
         "deepseek_exporter_config_last_reload_successful": (),
         "deepseek_exporter_config_last_reload_success_timestamp_seconds": (),
@@ -86,6 +87,7 @@ EXPORTED: dict[str, frozenset[str]] = {
         "deepseek_upstream_errors_total": ("account", "reason"),
         "deepseek_stream_aborts_total": ("account", "model", "reason"),
         "deepseek_usage_missing_total": ("account", "model"),
+        "deepseek_tool_calls_total": ("account", "model", "tool"),
         "deepseek_proxy_rejected_requests_total": ("reason",),
         # Prometheus itself
         "up": (),

@@ -44,6 +44,7 @@ EXPECTED_ALERTS = {  # name -> severities (the issue's table)
     "DeepSeekHighErrorRate": {"warning"},
     "DeepSeekBalancePollFailing": {"warning"},
     "DeepSeekExporterDown": {"critical"},
+    "DeepSeekUnmeteredSpend": {"warning"},
 }
 RECEIVERS = {"critical": "page", "warning": "chat"}
 DS = {"type": "prometheus", "uid": "${datasource}"}

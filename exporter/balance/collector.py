@@ -105,6 +105,12 @@ class BalanceCollector(Collector):
             "quiet below it.",
             ["account", "currency"],
         )
+        via_proxy = gauge(
+            "deepseek_account_all_traffic_via_proxy",
+            "1 if the account's all_traffic_via_proxy is set: every call with its key is expected "
+            "through the proxy, so DeepSeekUnmeteredSpend compares deducted with metered spend.",
+            ["account"],
+        )
         exhaustion = gauge(
             "deepseek_balance_exhaustion_seconds",
             "Seconds until the balance reaches zero, spending along the weekly profile of the "
@@ -114,6 +120,7 @@ class BalanceCollector(Collector):
 
         for name, state in self.poller.states.items():
             up.add_metric([name], 1.0 if state.up else 0.0)
+            via_proxy.add_metric([name], 1.0 if state.account.all_traffic_via_proxy else 0.0)
             for reason, count in state.errors.items():
                 errors.add_metric([name, reason], count)
             if state.last_duration is not None:
@@ -153,4 +160,4 @@ class BalanceCollector(Collector):
                 spike_floor.add_metric(labels, float(state.account.spend_spike_min_per_day) / DAY)
 
         yield from (total, granted, topped_up, available, threshold, up, last_success, duration)
-        yield from (errors, spent, topups, burn, baseline, spike_floor, exhaustion)
+        yield from (errors, spent, topups, burn, baseline, spike_floor, exhaustion, via_proxy)

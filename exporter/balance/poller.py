@@ -182,11 +182,14 @@ class BalancePoller:
         """Poll every account once, concurrently."""
         await asyncio.gather(*(self.poll_account(s) for s in list(self.states.values())))
 
-    async def run(self) -> None:
-        """Poll forever; each round starts a jittered interval after the previous one started."""
+    async def run(self, after_round: Callable[[], None] | None = None) -> None:
+        """Poll forever; each round starts a jittered interval after the previous one started.
+        ``after_round`` runs after every round (the app primes series that need the results)."""
         while self.enabled:
             started = time.monotonic()
             await self.poll_once()
+            if after_round is not None:
+                after_round()
             interval = self.balance.poll_interval * random.uniform(1 - JITTER, 1 + JITTER)
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
 

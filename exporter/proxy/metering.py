@@ -16,7 +16,7 @@ time) is not counted, never guessed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -45,6 +45,19 @@ class Meter:
         self.currency_of = currency_of
         self.clock = clock
         self._model_labels: dict[bytes, str] = {}
+        self._primed: set[tuple[str, str]] = set()
+
+    def prime(self, accounts: Iterable[str]) -> None:
+        """Create every cost series of these accounts at 0 once their currency is known: the
+        unmetered-spend rules compare increase() of it, which misses a first increment that
+        lands on a series Prometheus has never seen (prometheus/prometheus#1673)."""
+        for account in accounts:
+            currency = self.currency_of(account)
+            if currency is None or (account, currency) in self._primed:
+                continue
+            self._primed.add((account, currency))
+            for label in self.prices.labels:
+                self.metrics.cost.labels(account, label, currency)
 
     def label(self, path: str, model: bytes | None) -> str:
         """The bounded ``model`` label of a request: the per-request item its path is billed

@@ -167,6 +167,11 @@ class Proxy:
             total=None, connect=config.deepseek.timeout, sock_read=config.proxy.timeout
         )
         self.meter = Meter(self.metrics, prices, self.account_currency, self.clock)
+        self.prime_costs()
+
+    def prime_costs(self) -> None:
+        """Cost series at 0 for every configured account whose currency is known by now."""
+        self.meter.prime(account.name for account in self.config.accounts)
 
     def make_server(self, middlewares: Sequence[Middleware] = ()) -> web.Server:
         """A low-level server: no router, so every method and target (CONNECT, absolute URLs)
