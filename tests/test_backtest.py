@@ -22,6 +22,7 @@ TESTDATA = Path(__file__).parent / "testdata" / "backtest"
 EXPORTER = [sys.executable, "-m", "exporter"]
 START = 1_793_548_800  # Monday 2026-11-02 00:00 in Beijing
 AVAILABLE = "deepseek_account_available"
+UP = "deepseek_up"
 
 # One fixture per error, and the one line each must give (after "backtest: <path>").
 BAD_INPUT = {
@@ -153,7 +154,7 @@ def test_the_replay_says_what_the_live_exporter_said(background_loop: Background
         expected = {
             key: value
             for key, value in live.items()
-            if (key[0].startswith("deepseek_balance") or key[0] in ("deepseek_up", AVAILABLE))
+            if (key[0].startswith(("deepseek_balance", "deepseek_account_")) or key[0] == UP)
             and not any(key[0].startswith(o) for o in OMITTED)
         }
         assert replayed[at] == expected, at
