@@ -16,7 +16,8 @@ system_clock: Clock = time.time
 
 
 class ManualClock:
-    """A clock that stands still until it is set: the backtest's (it replays, it never waits)."""
+    """A clock that stands still until it is set or advanced: the backtest's (it replays, it
+    never waits) and the tests'."""
 
     def __init__(self, now: float = 0.0) -> None:
         self.now = now
@@ -26,3 +27,6 @@ class ManualClock:
 
     def set(self, now: float) -> None:
         self.now = now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 
 import pytest
 
+from exporter.clock import ManualClock
+
 T = TypeVar("T")
 
 
@@ -49,17 +51,11 @@ def require_binary(name: str) -> str:
     return path
 
 
-class FakeClock:
-    """An injectable clock: tests move time instead of sleeping."""
+class FakeClock(ManualClock):
+    """An injectable clock: tests move time instead of sleeping. Starts in November 2026."""
 
     def __init__(self, now: float = 1_790_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+        super().__init__(now)
 
 
 @pytest.fixture
