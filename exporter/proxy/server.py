@@ -349,7 +349,11 @@ class Proxy:
                     break
                 if scanner is not None:
                     if first_event is None and b"data:" in chunk:
+                        # Observed now: a client that leaves after its tokens still got them.
                         first_event = time.perf_counter()
+                        metrics.time_to_first_token.labels(account, model).observe(
+                            first_event - started
+                        )
                     scanner.feed(chunk)
                 elif kept_size < MAX_METERED_BODY:
                     kept.append(chunk)
@@ -374,8 +378,6 @@ class Proxy:
                 # Headers are out; cutting the connection is the only way to tell the client.
                 request.transport.abort()
             return response
-        if first_event is not None:
-            metrics.time_to_first_token.labels(account, model).observe(first_event - started)
         if 200 <= status < 300 and request.method == "POST":
             if scanner is not None:
                 usage = scanner.finish()
