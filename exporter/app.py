@@ -30,6 +30,7 @@ from exporter.balance.store import HistoryStore
 from exporter.clock import Clock
 from exporter.config import Config, ConfigError, load_config, split_listen_address
 from exporter.logs import RedactMalformedRequests
+from exporter.proxy.http1 import ProxyListener
 from exporter.proxy.metrics import ProxyMetrics
 from exporter.proxy.pricing import PriceTable, PricingError
 from exporter.proxy.recent import RecentTraffic, read_totals
@@ -197,6 +198,7 @@ class Exporter:
         self.recent = RecentTraffic(functools.partial(read_totals, self.metrics), clock)
 
         self._runners: list[web.BaseRunner] = []
+        self._proxy_listener: ProxyListener | None = None
         self._web_configs: dict[str, LiveWebConfig] = {}
         self._poll_task: asyncio.Task[None] | None = None
         self._recent_task: asyncio.Task[None] | None = None
@@ -338,7 +340,7 @@ class Exporter:
 
     async def _serve(
         self,
-        build: Callable[[list[Middleware]], web.Application | web.Server],
+        build: Callable[[list[Middleware]], web.Application],
         address: str,
         web_config: Path | None,
         listener: str,
@@ -346,33 +348,14 @@ class Exporter:
         live = None
         middlewares: list[Middleware] = []
         if web_config is not None:
-            # Imported here: TLS and bcrypt are not needed by exporters that do not use them.
-            from exporter.web.listener import LiveWebConfig
-            from exporter.web.webconfig import WebConfigError
-
-            try:
-                live = LiveWebConfig(
-                    web_config,
-                    listener=listener,
-                    for_proxy=listener == "proxy",
-                    on_load=self._web_config_loaded,
-                )
-            except WebConfigError as err:
-                raise ConfigError(str(err)) from None
-            self._web_configs[listener] = live
+            live = self._live_web_config(web_config, listener)
             middlewares.append(live.middleware())
-        target = build(middlewares)
-        timeout = self.config.web.shutdown_timeout
-        runner: web.BaseRunner
-        if isinstance(target, web.Application):
-            runner = web.AppRunner(
-                target,
-                access_log=None,
-                shutdown_timeout=timeout,
-                keepalive_timeout=KEEPALIVE_TIMEOUT,
-            )
-        else:
-            runner = web.ServerRunner(target, shutdown_timeout=timeout)
+        runner = web.AppRunner(
+            build(middlewares),
+            access_log=None,
+            shutdown_timeout=self.config.web.shutdown_timeout,
+            keepalive_timeout=KEEPALIVE_TIMEOUT,
+        )
         await runner.setup()
         self._runners.append(runner)
         host, port = split_listen_address(address)
@@ -383,6 +366,39 @@ class Exporter:
         await site.start()
         scheme = "https" if live is not None and live.tls else "http"
         where, url = listener_description(scheme, host, runner.addresses[0][1])
+        self.listening[url] = where
+        return url
+
+    def _live_web_config(self, web_config: Path, listener: str) -> LiveWebConfig:
+        # Imported here: TLS and bcrypt are not needed by exporters that do not use them.
+        from exporter.web.listener import LiveWebConfig
+        from exporter.web.webconfig import WebConfigError
+
+        try:
+            live = LiveWebConfig(
+                web_config,
+                listener=listener,
+                for_proxy=listener == "proxy",
+                on_load=self._web_config_loaded,
+            )
+        except WebConfigError as err:
+            raise ConfigError(str(err)) from None
+        self._web_configs[listener] = live
+        return live
+
+    async def _serve_proxy(self, address: str, *, reuse_port: bool = False) -> str:
+        """The proxy listener, on its own HTTP server (exporter.proxy.http1)."""
+        web_config = self.config.proxy.web_config_file
+        live = self._live_web_config(web_config, "proxy") if web_config is not None else None
+        listener = self.proxy.listener(
+            live.proxy_gate() if live is not None else None,
+            live.wrap_tls if live is not None and live.tls else None,
+        )
+        host, port = split_listen_address(address)
+        port = await listener.start(host, port, reuse_port=reuse_port)
+        self._proxy_listener = listener
+        scheme = "https" if live is not None and live.tls else "http"
+        where, url = listener_description(scheme, host, port)
         self.listening[url] = where
         return url
 
@@ -404,12 +420,7 @@ class Exporter:
             await self.proxy.open()
             address = self.config.proxy.listen_address
             try:
-                self.proxy_url = await self._serve(
-                    self.proxy.make_server,
-                    address,
-                    self.config.proxy.web_config_file,
-                    "proxy",
-                )
+                self.proxy_url = await self._serve_proxy(address)
             except OSError as err:
                 flag, key = "--proxy.listen-address", "proxy.listen_address"
                 raise _bind_error(flag, key, address, err) from None
@@ -434,7 +445,12 @@ class Exporter:
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-        await asyncio.gather(*(runner.cleanup() for runner in self._runners))
+        timeout = self.config.web.shutdown_timeout
+        listener, self._proxy_listener = self._proxy_listener, None
+        await asyncio.gather(
+            *(runner.cleanup() for runner in self._runners),
+            *([listener.shutdown(timeout)] if listener is not None else []),
+        )
         self._runners.clear()
         for live in self._web_configs.values():
             live.close()

@@ -1002,7 +1002,7 @@ def test_idle_and_slow_connections_are_closed_after_the_keepalive_timeout(
     make_bench: BenchFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # 75 s in production (exporter.proxy.KEEPALIVE_TIMEOUT); short here.
-    monkeypatch.setattr("exporter.proxy.server.KEEPALIVE_TIMEOUT", 0.3)
+    monkeypatch.setattr("exporter.proxy.http1.KEEPALIVE_TIMEOUT", 0.3)
     monkeypatch.setattr("exporter.app.KEEPALIVE_TIMEOUT", 0.3)
     bench = make_bench()
 

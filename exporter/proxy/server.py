@@ -3,63 +3,50 @@
 Apps point their ``base_url`` here and change nothing else. Every request goes to
 ``deepseek.base_url`` and nowhere else; bodies stream through untouched in both directions while
 a copy of what metering needs (the model, the usage) is picked out on the side.
+
+This module decides what happens to a request (refused, or forwarded with which key, as which
+account) and counts what came of it; :mod:`exporter.proxy.http1` speaks HTTP to clients and
+:mod:`exporter.proxy.relay` moves the bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import hmac
+import inspect
+import json
 import logging
 import re
 import time
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
-
-import aiohttp
-from aiohttp import web
-from multidict import CIMultiDict
+from typing import Any, Protocol
 
 from exporter.clock import Clock
 from exporter.config import Config, Secret
+from exporter.proxy.http1 import ClientConnection, Gate, ProxyListener, Request, SimpleResponse
 from exporter.proxy.metering import Meter
 from exporter.proxy.metrics import UNKNOWN_ACCOUNT, ProxyMetrics
 from exporter.proxy.pricing import PriceTable
-from exporter.proxy.usage import StreamUsageScanner, usage_from_json_body
+from exporter.proxy.relay import HOP_BY_HOP_BYTES, MAX_METERED_BODY, Exchange, UpstreamPool
+from exporter.proxy.usage import usage_from_json_body
 
 log = logging.getLogger(__name__)
 
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-    }
-)
+HOP_BY_HOP = frozenset(name.decode() for name in HOP_BY_HOP_BYTES)
+# Not forwarded either: the proxy sets the body's framing itself, and answers 100-continue.
+_NOT_FORWARDED = HOP_BY_HOP_BYTES | {b"content-length", b"expect"}
+_KEY_HEADERS = (b"authorization", b"x-api-key")
 # A top-level-looking "model": "<name>" whose opening quote is not escaped (inside a JSON string
 # every quote is). Scanning bytes keeps the request streaming instead of parsing it whole.
 MODEL_RE = re.compile(rb'(?<!\\)"model"\s*:\s*"([^"\\]{1,128})"')
 MODEL_SCAN_OVERLAP = 160
-# Bodies up to this size arrive in one read anyway; forwarding them as one chunk is cheaper.
-SMALL_BODY = 64 * 1024
-# Non-streaming responses are kept (a copy) only up to this size to find their usage.
-MAX_METERED_BODY = 4 * 1024 * 1024
 # Seconds a connection may sit idle, or take to send a complete request head, before the server
 # closes it (both listeners). aiohttp's low-level server would wait 3630 s; 75 s is what its
-# run_app and nginx use, and bounds what idle or slowloris clients can hold.
+# run_app and nginx use, and bounds what idle or slowloris clients can hold. The proxy listener
+# reads exporter.proxy.http1.KEEPALIVE_TIMEOUT; this is the metrics listener's.
 KEEPALIVE_TIMEOUT = 75.0
-
-
-Middleware = Callable[..., Awaitable[web.StreamResponse]]
 
 
 class CurrencySource(Protocol):
@@ -69,14 +56,33 @@ class CurrencySource(Protocol):
     def charging_currency(self, account: str) -> str | None: ...
 
 
-class BodyTooLarge(Exception):
-    pass
+_REASONS = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    413: "Request Entity Too Large",
+    502: "Bad Gateway",
+    504: "Gateway Timeout",
+}
 
 
-def deepseek_error(status: int, message: str, error_type: str) -> web.Response:
+def deepseek_error(status: int, message: str, error_type: str) -> SimpleResponse:
     """An error in DeepSeek's own shape, so SDKs raise their usual exception for it."""
     body = {"error": {"message": message, "type": error_type, "param": None, "code": error_type}}
-    return web.json_response(body, status=status)
+    return SimpleResponse(status, _REASONS[status], json.dumps(body).encode())
+
+
+BAD_TARGET = deepseek_error(
+    400, "The proxy only forwards to its configured upstream", "invalid_request_error"
+)
+UNAUTHORIZED = deepseek_error(
+    401, "Authentication Fails: unknown client token", "authentication_error"
+)
+TOO_LARGE = deepseek_error(413, "Request body too large", "invalid_request_error")
+UPSTREAM_ERRORS = {
+    "timeout": deepseek_error(504, "Upstream did not answer in time", "upstream_timeout"),
+    "connect": deepseek_error(502, "Cannot reach the upstream API", "upstream_unreachable"),
+    "reset": deepseek_error(502, "The upstream connection was reset", "upstream_reset"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,15 +117,15 @@ class KeyBook:
         return found
 
 
-def presented_key(headers: Mapping[str, str]) -> tuple[str | None, str]:
+def presented_key(request: Request) -> tuple[str | None, bytes]:
     """The key the client sent and the header it came in."""
-    auth = headers.get("Authorization")
+    auth = request.authorization
     if auth and auth[:7].lower() == "bearer ":
-        return auth[7:].strip(), "Authorization"
-    api_key = headers.get("x-api-key")
+        return auth[7:].strip(), b"Authorization"
+    api_key = request.api_key
     if api_key:
-        return api_key.strip(), "x-api-key"
-    return None, "Authorization"
+        return api_key.strip(), b"x-api-key"
+    return None, b"Authorization"
 
 
 class ModelSniffer:
@@ -142,6 +148,26 @@ class ModelSniffer:
             self._tail = data[-MODEL_SCAN_OVERLAP:]
 
 
+class _Series:
+    """The metric children of one (account, model): looked up once per request, not per
+    chunk, and created once per pair."""
+
+    __slots__ = ("codes", "duration", "labels", "metrics", "ttft")
+
+    def __init__(self, metrics: ProxyMetrics, account: str, model: str) -> None:
+        self.metrics = metrics
+        self.labels = (account, model)
+        self.duration = metrics.duration.labels(account, model)
+        self.ttft = metrics.time_to_first_token.labels(account, model)
+        self.codes: dict[int, Any] = {}
+
+    def count(self, status: int) -> None:
+        child = self.codes.get(status)
+        if child is None:
+            child = self.codes[status] = self.metrics.requests.labels(*self.labels, str(status))
+        child.inc()
+
+
 class Proxy:
     def __init__(
         self,
@@ -155,47 +181,52 @@ class Proxy:
         self.metrics = metrics
         self.balances = balances
         self.clock = clock
-        self._session: aiohttp.ClientSession | None = None
+        self.gate: Gate | None = None
+        self._pool: UpstreamPool | None = None
+        self._series: dict[tuple[str, str], _Series] = {}
+        self._in_flight: dict[str, Any] = {}
         self.reconfigure(config, prices)
 
     def reconfigure(self, config: Config, prices: PriceTable) -> None:
+        old = getattr(self, "config", None)
         self.config = config
         self.prices = prices
         self.keys = KeyBook(config)
         self.base_url = config.deepseek.base_url
-        self.timeout = aiohttp.ClientTimeout(
-            total=None, connect=config.deepseek.timeout, sock_read=config.proxy.timeout
-        )
+        self.timeout = config.proxy.timeout
+        self.max_body_bytes = config.proxy.max_body_bytes
         self.meter = Meter(self.metrics, prices, self.account_currency, self.clock)
-        self.prime_costs()
+        if self._pool is not None and (
+            old is None
+            or old.deepseek.base_url != config.deepseek.base_url
+            or old.deepseek.timeout != config.deepseek.timeout
+        ):
+            self._pool.close()  # requests in flight finish on their connections
+            self._pool = None
 
-    def prime_costs(self) -> None:
-        """Cost series at 0 for every configured account whose currency is known by now."""
-        self.meter.prime(account.name for account in self.config.accounts)
-
-    def make_server(self, middlewares: Sequence[Middleware] = ()) -> web.Server:
-        """A low-level server: no router, so every method and target (CONNECT, absolute URLs)
-        reaches :meth:`handle` to be refused in DeepSeek's error shape, and nothing is spent on
-        routing the hot path."""
-        handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]] = self.handle
-        for middleware in reversed(middlewares):
-            handler = functools.partial(middleware, handler=handler)
-        # handler_cancellation: a client that goes away cancels its handler, and so the upstream.
-        return web.Server(
-            handler,
-            handler_cancellation=True,
-            access_log=None,
-            keepalive_timeout=KEEPALIVE_TIMEOUT,
-        )
+    def listener(
+        self,
+        gate: Gate | None = None,
+        wrap: Callable[[Callable[[], Any]], Callable[[], Any]] | None = None,
+    ) -> ProxyListener:
+        """The proxy listener (not yet listening); ``gate`` applies its web config, ``wrap``
+        its TLS."""
+        self.gate = gate
+        return ProxyListener(self, wrap)
 
     async def open(self) -> None:
-        # limit=0: concurrency is the upstream's to limit (it answers 429), not ours.
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, enable_cleanup_closed=True)
-        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        self._get_pool()
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def _get_pool(self) -> UpstreamPool:
+        pool = self._pool
+        if pool is None:
+            pool = self._pool = UpstreamPool(self.base_url, self.config.deepseek.timeout)
+        return pool
 
     def account_currency(self, account: str) -> str | None:
         configured = self.config.account(account)
@@ -203,211 +234,179 @@ class Proxy:
             return configured.currency
         return self.balances.charging_currency(account)
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        if request.method == "CONNECT" or not request.raw_path.startswith("/"):
-            self.metrics.rejected.labels("bad_target").inc()
-            return deepseek_error(
-                400, "The proxy only forwards to its configured upstream", "invalid_request_error"
-            )
-        key, key_header = presented_key(request.headers)
+    # -- a request arrives ------------------------------------------------------------------
+
+    def dispatch(self, client: ClientConnection, request: Request) -> None:
+        """Answer ``request`` (the http1 server calls this once per request, in order)."""
+        gate = self.gate
+        if gate is not None:
+            verdict = gate.admit(request.proxy_authorization)
+            if inspect.isawaitable(verdict):
+                client.busy = True
+                asyncio.get_running_loop().create_task(self._gated(client, request, verdict))
+                return
+            if verdict is not None:
+                self._refuse_at_gate(client, request, verdict)
+                return
+        self._admit(client, request)
+
+    async def _gated(self, client: ClientConnection, request: Request, verdict: Any) -> None:
+        refusal = await verdict
+        if client.closed:
+            return
+        if refusal is not None:
+            self._refuse_at_gate(client, request, refusal)
+        else:
+            self._admit(client, request)
+
+    def _refuse_at_gate(self, client: ClientConnection, request: Request, refusal: Any) -> None:
+        status, reason, body, content_type, headers = refusal
+        # The toolkit adds its headers to what the handler answers, auth refusals included,
+        # but a rate-limited request is turned away before that.
+        extra = [] if status == 429 or self.gate is None else self.gate.headers
+        client.respond(request, SimpleResponse(status, reason, body, content_type, headers), extra)
+
+    def _extra(self) -> list[tuple[bytes, bytes]]:
+        return self.gate.headers if self.gate is not None else []
+
+    def _admit(self, client: ClientConnection, request: Request) -> None:
+        metrics = self.metrics
+        if request.method == "CONNECT" or not request.target.startswith(b"/"):
+            metrics.rejected.labels("bad_target").inc()
+            client.respond(request, BAD_TARGET, self._extra())
+            return
+        key, key_header = presented_key(request)
         identity = self.keys.identify(key)
         if identity is None and self.keys.custody:
-            self.metrics.rejected.labels("unauthorized").inc()
-            return deepseek_error(
-                401, "Authentication Fails: unknown client token", "authentication_error"
-            )
+            metrics.rejected.labels("unauthorized").inc()
+            client.respond(request, UNAUTHORIZED, self._extra())
+            return
         account = identity.account if identity is not None else UNKNOWN_ACCOUNT
         length = request.content_length
-        if length is not None and length > self.config.proxy.max_body_bytes:
-            return self._too_large()
+        if (length is not None and length > self.max_body_bytes) or (
+            request.body_size > self.max_body_bytes
+        ):
+            metrics.rejected.labels("body_too_large").inc()
+            client.respond(request, TOO_LARGE, self._extra())
+            return
 
-        headers = CIMultiDict(
-            (k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP
-        )
-        if identity is not None and identity.replacement_key is not None:
-            headers.popall("Authorization", None)
-            headers.popall("x-api-key", None)
-            real = identity.replacement_key.reveal()
-            headers[key_header] = f"Bearer {real}" if key_header == "Authorization" else real
-
+        pool = self._get_pool()
+        lines = [
+            b"%s %s%s HTTP/1.1\r\nHost: %s\r\n"
+            % (request.method.encode(), pool.prefix, request.target, pool.host_header)
+        ]
+        replacement = identity.replacement_key if identity is not None else None
+        for lower, name, value in request.headers:
+            if lower in _NOT_FORWARDED or (replacement is not None and lower in _KEY_HEADERS):
+                continue
+            lines.append(b"%s: %s\r\n" % (name, value))
+        if replacement is not None:
+            real = replacement.reveal().encode()
+            value = b"Bearer " + real if key_header == b"Authorization" else real
+            lines.append(b"%s: %s\r\n" % (key_header, value))
         sniffer = ModelSniffer()
-        body: bytes | AsyncIterator[bytes] | None = None
-        if request.body_exists:
-            if length is not None and length <= SMALL_BODY:
-                body = await request.read()
-                sniffer.feed(body)
-            else:
-                body = self._stream_body(request, sniffer)
+        body = b"".join(request.body)
+        request.body = []
+        if request.streamed and request.chunked:
+            lines.append(b"Transfer-Encoding: chunked\r\n")
+        elif request.streamed:
+            lines.append(b"Content-Length: %d\r\n" % (length or 0))
+        elif body or length is not None or request.method in ("POST", "PUT", "PATCH"):
+            lines.append(b"Content-Length: %d\r\n" % len(body))
+        lines.append(b"\r\n")
+        if body:
+            sniffer.feed(body)
 
-        in_flight = self.metrics.in_flight.labels(account)
+        in_flight = self._in_flight.get(account)
+        if in_flight is None:
+            in_flight = self._in_flight[account] = metrics.in_flight.labels(account)
         in_flight.inc()
-        try:
-            return await self._forward(request, headers, body, account, sniffer)
-        finally:
-            in_flight.dec()
-
-    def _too_large(self) -> web.Response:
-        self.metrics.rejected.labels("body_too_large").inc()
-        return deepseek_error(413, "Request body too large", "invalid_request_error")
-
-    async def _stream_body(
-        self, request: web.BaseRequest, sniffer: ModelSniffer
-    ) -> AsyncIterator[bytes]:
-        seen = 0
-        async for chunk in request.content.iter_any():
-            seen += len(chunk)
-            if seen > self.config.proxy.max_body_bytes:
-                raise BodyTooLarge
-            sniffer.feed(chunk)
-            yield chunk
-
-    async def _forward(
-        self,
-        request: web.BaseRequest,
-        headers: CIMultiDict[str],
-        body: bytes | AsyncIterator[bytes] | None,
-        account: str,
-        sniffer: ModelSniffer,
-    ) -> web.StreamResponse:
-        if self._session is None:
-            await self.open()
-        assert self._session is not None
-        started = time.perf_counter()
-        metrics = self.metrics
-        try:
-            upstream = await self._session.request(
-                request.method,
-                self.base_url + request.raw_path,
-                headers=headers,
-                data=body,
-                allow_redirects=False,
-                # Forward what the client sent, not aiohttp's defaults.
-                skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
-                timeout=self.timeout,
-            )
-        except asyncio.CancelledError:
-            # The client went away before the upstream answered (while still sending its body,
-            # or waiting for the response head) and aiohttp cancelled us: an abort all the same.
-            model = self.meter.label(request.path, sniffer.model)
-            metrics.stream_aborts.labels(account, model, "client_disconnect").inc()
-            raise
-        except BodyTooLarge:
-            return self._too_large()
-        except (TimeoutError, aiohttp.ServerTimeoutError):
-            metrics.upstream_errors.labels(account, "timeout").inc()
-            return deepseek_error(504, "Upstream did not answer in time", "upstream_timeout")
-        except aiohttp.ClientConnectorError as err:
-            metrics.upstream_errors.labels(account, "connect").inc()
-            log.warning("upstream connect failed: %s", type(err).__name__)
-            return deepseek_error(502, "Cannot reach the upstream API", "upstream_unreachable")
-        except aiohttp.ClientError as err:
-            if isinstance(err.__cause__, BodyTooLarge) or isinstance(err.__context__, BodyTooLarge):
-                return self._too_large()
-            metrics.upstream_errors.labels(account, "reset").inc()
-            return deepseek_error(502, "The upstream connection was reset", "upstream_reset")
-
-        model = self.meter.label(request.path, sniffer.model)
-        try:
-            return await self._relay(request, upstream, account, model, started)
-        finally:
-            # Back to the pool when read to the end; closed (cancelling upstream) otherwise.
-            upstream.release()
-
-    async def _relay(
-        self,
-        request: web.BaseRequest,
-        upstream: aiohttp.ClientResponse,
-        account: str,
-        model: str,
-        started: float,
-    ) -> web.StreamResponse:
-        metrics = self.metrics
-        status = upstream.status
-        metrics.requests.labels(account, model, str(status)).inc()
-        response_headers = CIMultiDict(
-            (k, v) for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP
+        exchange = Exchange(
+            self,
+            pool,
+            client,
+            request,
+            b"".join(lines),
+            body,
+            account=account,
+            sniffer=sniffer,
+            timeout=self.timeout,
+            max_body=self.max_body_bytes,
+            extra_headers=self._extra(),
         )
-        response = web.StreamResponse(
-            status=status, reason=upstream.reason, headers=response_headers
-        )
-        content_type = upstream.headers.get("Content-Type", "")
-        streaming = content_type.startswith("text/event-stream")
-        scanner = StreamUsageScanner() if streaming else None
-        kept: list[bytes] = []
-        kept_size = 0
-        first_event: float | None = None
-        abort: str | None = None
-        try:
-            await response.prepare(request)
-            while True:
-                try:
-                    chunk = await upstream.content.readany()
-                except (aiohttp.ClientError, TimeoutError):
-                    abort = "upstream_disconnect"
-                    break
-                if not chunk:
-                    break
-                if scanner is not None:
-                    if first_event is None and b"data:" in chunk:
-                        # Observed now: a client that leaves after its tokens still got them.
-                        first_event = time.perf_counter()
-                        metrics.time_to_first_token.labels(account, model).observe(
-                            first_event - started
-                        )
-                    scanner.feed(chunk)
-                elif kept_size < MAX_METERED_BODY:
-                    kept.append(chunk)
-                    kept_size += len(chunk)
-                await response.write(chunk)
-            if abort is None:
-                await response.write_eof()
-        except (ConnectionError, aiohttp.ClientConnectionResetError):
-            abort = "client_disconnect"
-        except asyncio.CancelledError:
-            # The client went away and aiohttp cancelled us; leaving the context closes upstream.
-            metrics.stream_aborts.labels(account, model, "client_disconnect").inc()
-            self._meter_cut_stream(request, status, scanner, account, model)
-            raise
-        finally:
-            metrics.duration.labels(account, model).observe(time.perf_counter() - started)
+        client.exchange = exchange
+        exchange.start()
 
-        if abort is not None:
-            metrics.stream_aborts.labels(account, model, abort).inc()
-            self._meter_cut_stream(request, status, scanner, account, model)
-            if abort == "upstream_disconnect" and request.transport is not None:
-                # Headers are out; cutting the connection is the only way to tell the client.
-                request.transport.abort()
-            return response
-        if 200 <= status < 300 and request.method == "POST":
+    # -- what came of it (the exchange calls these) -----------------------------------------
+
+    def _series_of(self, exchange: Exchange) -> _Series:
+        series = exchange.series
+        if series is None:
+            if exchange.model is None:
+                exchange.model = self.meter.label(exchange.request.path, exchange.sniffer.model)
+            key = (exchange.account, exchange.model)
+            series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = _Series(self.metrics, *key)
+            exchange.series = series
+        return series
+
+    def response_head(self, exchange: Exchange) -> None:
+        self._series_of(exchange).count(exchange.status)
+
+    def response_done(self, exchange: Exchange) -> None:
+        series = self._series_of(exchange)
+        series.duration.observe(time.perf_counter() - exchange.started)
+        request = exchange.request
+        if exchange.first_event is not None:
+            series.ttft.observe(exchange.first_event - exchange.started)
+        if 200 <= exchange.status < 300 and request.method == "POST":
+            scanner = exchange.scanner
             if scanner is not None:
                 usage = scanner.finish()
             else:
-                usage = usage_from_json_body(_decoded(b"".join(kept), upstream.headers))
-            self.meter.meter(account, model, request.path, usage)
-        return response
+                body = b"".join(exchange.kept)
+                usage = usage_from_json_body(_decoded(body, exchange.headers))
+            self.meter.meter(exchange.account, exchange.model or "", request.path, usage)
+        self._in_flight[exchange.account].dec()
 
-    def _meter_cut_stream(
-        self,
-        request: web.BaseRequest,
-        status: int,
-        scanner: StreamUsageScanner | None,
-        account: str,
-        model: str,
-    ) -> None:
+    def aborted(self, exchange: Exchange, reason: str) -> None:
+        series = self._series_of(exchange)
+        self.metrics.stream_aborts.labels(exchange.account, exchange.model, reason).inc()
+        if exchange.status:
+            series.duration.observe(time.perf_counter() - exchange.started)
+            self._meter_cut_stream(exchange)
+        self._in_flight[exchange.account].dec()
+
+    def upstream_failed(self, exchange: Exchange, reason: str) -> None:
+        self.metrics.upstream_errors.labels(exchange.account, reason).inc()
+        if reason == "connect":
+            log.warning("upstream connect failed: %s", self.base_url)
+        self._in_flight[exchange.account].dec()
+        exchange.client.respond(exchange.request, UPSTREAM_ERRORS[reason], exchange.extra_headers)
+
+    def too_large(self, exchange: Exchange) -> None:
+        self.metrics.rejected.labels("body_too_large").inc()
+        self._in_flight[exchange.account].dec()
+        exchange.client.respond(exchange.request, TOO_LARGE, exchange.extra_headers)
+
+    def _meter_cut_stream(self, exchange: Exchange) -> None:
         """A stream cut short whose usage had already passed through was billed in full (a
         client may close as soon as the last event arrives): meter it. Without usage the cost
         is unknown, and only the abort is counted."""
-        if scanner is None or not 200 <= status < 300 or request.method != "POST":
+        scanner = exchange.scanner
+        request = exchange.request
+        if scanner is None or not 200 <= exchange.status < 300 or request.method != "POST":
             return
         usage = scanner.finish()
         if usage is not None:
-            self.meter.meter(account, model, request.path, usage)
+            self.meter.meter(exchange.account, exchange.model or "", request.path, usage)
 
 
-def _decoded(body: bytes, headers: Mapping[str, str]) -> bytes:
+def _decoded(body: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
     """The body as JSON text, for metering only: the client gets the bytes as they came."""
-    encoding = headers.get("Content-Encoding", "").lower()
-    if encoding in ("gzip", "deflate"):
+    encoding = next((v for n, v in headers if n.lower() == b"content-encoding"), b"").lower()
+    if encoding in (b"gzip", b"deflate"):
         try:
             inflater = zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib header
             return inflater.decompress(body, MAX_METERED_BODY)

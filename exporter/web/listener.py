@@ -28,7 +28,7 @@ import os
 import ssl
 import time
 from asyncio import constants, sslproto
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -228,6 +228,17 @@ class LiveWebConfig:
 
         return web_config
 
+    def proxy_gate(self) -> ProxyGate:
+        """The same checks for the proxy listener, which has its own HTTP server."""
+        return ProxyGate(self)
+
+    def wrap_tls(
+        self, app_factory: Callable[[], asyncio.BaseProtocol]
+    ) -> Callable[[], asyncio.BaseProtocol]:
+        """A protocol factory that puts each new connection behind TLS with the context of the
+        moment, then hands it to ``app_factory``'s protocol."""
+        return lambda: _FirstBytes(lambda: _tls_protocol(self, app_factory))
+
     def site(
         self, runner: web.BaseRunner, host: str | None, port: int, *, reuse_address: bool = True
     ) -> web.BaseSite:
@@ -272,24 +283,72 @@ class LiveTLSSite(web.BaseSite):
         )
 
     def _protocol(self) -> asyncio.BaseProtocol:
-        return _FirstBytes(self._tls_protocol)
-
-    def _tls_protocol(self) -> asyncio.BaseProtocol:
         server = self._runner.server
         assert server is not None
-        context, sans = self._live.for_new_connection()
-        app: asyncio.BaseProtocol = server()
-        if sans is not None:
-            app = _SANGate(app, sans, self._live.listener)
-        return sslproto.SSLProtocol(
-            asyncio.get_running_loop(),
-            app,
-            context,
-            None,
-            server_side=True,
-            ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
-            ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
-        )
+        return _FirstBytes(lambda: _tls_protocol(self._live, server))
+
+
+def _tls_protocol(
+    live: LiveWebConfig, app_factory: Callable[[], asyncio.BaseProtocol]
+) -> asyncio.BaseProtocol:
+    context, sans = live.for_new_connection()
+    app: asyncio.BaseProtocol = app_factory()
+    if sans is not None:
+        app = _SANGate(app, sans, live.listener)
+    return sslproto.SSLProtocol(
+        asyncio.get_running_loop(),
+        app,
+        context,
+        None,
+        server_side=True,
+        ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
+        ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
+    )
+
+
+# A refusal as the proxy's HTTP server sends it: status, reason, body, content type, headers.
+Refusal = tuple[int, str, bytes, bytes, tuple[tuple[bytes, bytes], ...]]
+_TOO_MANY: Refusal = (429, "Too Many Requests", b"Too Many Requests\n", b"text/plain", ())
+_PROXY_AUTH: Refusal = (
+    407,
+    "Proxy Authentication Required",
+    b"Unauthorized\n",
+    b"text/plain",
+    ((b"Proxy-Authenticate", b'Basic realm="deepseek-exporter"'),),
+)
+
+
+class ProxyGate:
+    """What :meth:`LiveWebConfig.middleware` does, for the proxy listener's own server: rate
+    limit, then basic auth in ``Proxy-Authorization`` (the ``Authorization`` header carries the
+    DeepSeek key), and the configured headers on every response, as the file is now."""
+
+    def __init__(self, live: LiveWebConfig) -> None:
+        self._live = live
+        self._headers_of: tuple[object, list[tuple[bytes, bytes]]] = (None, [])
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        settings = self._live.settings
+        if self._headers_of[0] is not settings:
+            encoded = [
+                (k.encode("latin-1"), v.encode("latin-1")) for k, v in settings.headers.items()
+            ]
+            self._headers_of = (settings, encoded)
+        return self._headers_of[1]
+
+    def admit(self, proxy_authorization: str | None) -> Refusal | Awaitable[Refusal | None] | None:
+        live = self._live
+        live.maybe_refresh()
+        state = live._state
+        if state.limiter is not None and not state.limiter.allow():
+            return _TOO_MANY
+        if state.auth is None:
+            return None
+        return self._check(state.auth, proxy_authorization)
+
+    async def _check(self, auth: BasicAuth, header: str | None) -> Refusal | None:
+        return None if await auth.check_header(header) else _PROXY_AUTH
 
 
 # The reply of Go's net/http to plain HTTP sent to a TLS port, word for word.
