@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 from exporter.clock import Clock
 from exporter.proxy.metrics import OTHER_MODEL, ProxyMetrics
@@ -45,6 +46,10 @@ class Meter:
         self.currency_of = currency_of
         self.clock = clock
         self._model_labels: dict[bytes, str] = {}
+        # (account, label) -> the token counters' children: labels() takes a lock and builds
+        # a key every call; a request's worth of them cost more than the rest of metering.
+        self._token_series: dict[tuple[str, str], tuple[Any, Any, Any, Any]] = {}
+        self._cost_series: dict[tuple[str, str, str], Any] = {}
         self._primed: set[tuple[str, str]] = set()
 
     def prime(self, accounts: Iterable[str]) -> None:
@@ -85,11 +90,22 @@ class Meter:
             if path.endswith(USAGE_PATHS):
                 metrics.usage_missing.labels(account, label).inc()
             return
-        tokens = metrics.tokens
-        tokens.labels(account, label, "input_cache_hit").inc(usage.input_cache_hit)
-        tokens.labels(account, label, "input_cache_miss").inc(usage.input_cache_miss)
-        tokens.labels(account, label, "output").inc(usage.output)
-        metrics.reasoning_tokens.labels(account, label).inc(usage.reasoning)
+        series = self._token_series.get((account, label))
+        if series is None:
+            tokens = metrics.tokens
+            series = self._token_series[(account, label)] = (
+                tokens.labels(account, label, "input_cache_hit"),
+                tokens.labels(account, label, "input_cache_miss"),
+                tokens.labels(account, label, "output"),
+                metrics.reasoning_tokens.labels(account, label),
+            )
+        for child, count in zip(
+            series,
+            (usage.input_cache_hit, usage.input_cache_miss, usage.output, usage.reasoning),
+            strict=True,
+        ):
+            if count:
+                child.inc(count)
         if label != OTHER_MODEL:
             self._add_cost(account, label, self._token_price(usage))
         for tool, calls in usage.tool_calls:
@@ -117,4 +133,8 @@ class Meter:
             return
         cost = price(label, currency, datetime.fromtimestamp(self.clock(), UTC))
         if cost is not None:
-            self.metrics.cost.labels(account, label, currency).inc(float(cost * times))
+            key = (account, label, currency)
+            child = self._cost_series.get(key)
+            if child is None:
+                child = self._cost_series[key] = self.metrics.cost.labels(*key)
+            child.inc(float(cost * times))

@@ -394,6 +394,8 @@ class Exchange:
 
     def on_message_complete(self) -> None:
         self.complete = True
+        # Asked now: once feed_data returns, llhttp has reset for the next message.
+        self.reusable = self.reusable and self.parser.should_keep_alive()
 
     def _respond(self) -> None:
         """The response head is in: send the client its head (and what body came with it)."""
@@ -499,7 +501,7 @@ class Exchange:
         upstream = self.upstream
         if upstream is not None:
             self.upstream = None
-            if self.reusable and self.parser.should_keep_alive():
+            if self.reusable and self.complete:
                 self.pool.release(upstream)
             else:
                 self.pool.discard(upstream)
