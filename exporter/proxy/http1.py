@@ -174,8 +174,8 @@ class ClientConnection(asyncio.Protocol):
     # -- the connection ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
+        self.transport = transport  # type: ignore[assignment]
         self.listener.connections.add(self)
         self._idle()
 

@@ -226,6 +226,13 @@ class StreamUsageScanner:
         self._anthropic: dict[str, object] | None = None
 
     def feed(self, chunk: bytes) -> None:
+        if (
+            not self._buffer
+            and not self._skipping
+            and chunk.endswith(b"\n")
+            and (b'"usage"' not in chunk or not _USAGE_OBJECT.search(chunk))
+        ):
+            return  # whole lines, none with a usage object: the common chunk, at C speed
         lines = chunk.split(b"\n")
         if len(lines) > 1:
             first = lines[0]
