@@ -75,6 +75,12 @@ def _duration(text: str) -> str:
     return text
 
 
+def _workers(text: str) -> str:
+    if text != "auto" and not (text.isdigit() and 1 <= int(text) <= 1024):
+        raise ValueError(f"{quote(text)}: must be auto or a number of processes (1 to 1024)")
+    return text
+
+
 @dataclass(frozen=True)
 class Flag:
     name: str
@@ -150,6 +156,14 @@ FLAGS: tuple[Flag, ...] = (
         _SERVER,
         "ADDR",
         _listen_address,
+    ),
+    Flag(
+        "--proxy.workers",
+        "processes serving the proxy listener, sharing its port; auto: one per CPU this "
+        "process may use (default 1; overrides proxy.workers)",
+        _SERVER,
+        "N",
+        _workers,
     ),
     Flag(
         "--storage.path",
@@ -432,6 +446,7 @@ _OVERRIDES = (
     "deepseek_base_url",
     "web_listen_address",
     "proxy_listen_address",
+    "proxy_workers",
     "web_config_file",
     "web_shutdown_timeout",
     "web_external_url",

@@ -110,6 +110,8 @@ class ProxyConfig:
     timeout: float = 600.0
     web_config_file: Path | None = None
     clients: tuple[ProxyClientConfig, ...] = ()
+    # Processes serving the proxy listener on one port (SO_REUSEPORT); "auto" in the file.
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -228,6 +230,17 @@ def _bool(path: str, value: Any) -> bool:
 def _positive_int(path: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(f"{path}: must be a positive integer, got {_kind(value)}")
+    return value
+
+
+def _workers(path: str, value: Any) -> int:
+    """A number of proxy worker processes, or ``auto``: the CPUs this process may run on."""
+    if value == "auto":
+        return len(os.sched_getaffinity(0))
+    if isinstance(value, str) and value.isdigit():  # from the command line
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1024:
+        raise ConfigError(f"{path}: must be auto or a number of processes, got {_kind(value)}")
     return value
 
 
@@ -460,7 +473,15 @@ def _build(raw: Any, environ: Mapping[str, str], base_dir: Path, resolve: bool =
     px = _mapping(
         "proxy",
         top.get("proxy"),
-        {"enabled", "listen_address", "max_body_bytes", "timeout", "web_config_file", "clients"},
+        {
+            "enabled",
+            "listen_address",
+            "max_body_bytes",
+            "timeout",
+            "web_config_file",
+            "clients",
+            "workers",
+        },
     )
     raw_clients = px.get("clients") or []
     if not isinstance(raw_clients, list):
@@ -483,6 +504,7 @@ def _build(raw: Any, environ: Mapping[str, str], base_dir: Path, resolve: bool =
         max_body_bytes=_positive_int("proxy.max_body_bytes", px.get("max_body_bytes", 16 << 20)),
         timeout=_duration("proxy.timeout", px.get("timeout", "10m")),
         web_config_file=optional_file("proxy.web_config_file", px.get("web_config_file"), base_dir),
+        workers=_workers("proxy.workers", px.get("workers", 1)),
         clients=tuple(clients),
     )
 
@@ -509,6 +531,7 @@ FLAG_OVERRIDES: dict[str, Override] = {
     "deepseek_base_url": _override("deepseek", "base_url", _url),
     "web_listen_address": _override("web", "listen_address", _listen_address),
     "proxy_listen_address": _override("proxy", "listen_address", _listen_address),
+    "proxy_workers": _override("proxy", "workers", _workers),
     "web_config_file": _override("web", "config_file", lambda p, v: _optional_file(p, v, Path())),
     "web_shutdown_timeout": _override(
         "web", "shutdown_timeout", lambda p, v: _duration(p, v, allow_zero=True)
