@@ -12,6 +12,7 @@ import functools
 import gc
 import logging
 import os
+import shutil
 import signal
 import time
 from collections.abc import Callable, Mapping
@@ -42,6 +43,7 @@ from exporter.web.status import (
     TrafficCounts,
     TrafficWindow,
 )
+from exporter.workers import ProxyWorkers, WorkerMetrics, make_metrics_dir
 
 if TYPE_CHECKING:
     from exporter.web.listener import LiveWebConfig
@@ -86,6 +88,7 @@ _RESTART_SETTINGS = (
     ("web", "shutdown_timeout"),
     ("proxy", "enabled"),
     ("proxy", "listen_address"),
+    ("proxy", "workers"),
 )
 
 
@@ -192,10 +195,22 @@ class Exporter:
             config.deepseek, config.balance, config.accounts, clock=clock, store=self.store
         )
         self.registry.register(BalanceCollector(self.poller, clock))
-        self.metrics = ProxyMetrics(self.registry)
+        # With --proxy.workers N > 1, worker processes serve the proxy and count into files
+        # this process sums at scrape time (exporter/workers.py); else this process does both.
+        self.worker_count = config.proxy.workers if config.proxy.enabled else 1
+        self.workers: ProxyWorkers | None = None
+        totals: ProxyMetrics | WorkerMetrics
+        if self.worker_count > 1:
+            self.metrics_dir: Path | None = make_metrics_dir()
+            totals = WorkerMetrics(self.metrics_dir)
+            self.registry.register(totals)
+            self.metrics = ProxyMetrics(CollectorRegistry(auto_describe=False))  # not served
+        else:
+            self.metrics_dir = None
+            self.metrics = totals = ProxyMetrics(self.registry)
         self.proxy = Proxy(config, self.metrics, self.prices, self.poller, clock=clock)
         self.metrics.init_accounts(config.accounts, self.prices.labels)
-        self.recent = RecentTraffic(functools.partial(read_totals, self.metrics), clock)
+        self.recent = RecentTraffic(functools.partial(read_totals, totals), clock)
 
         self._runners: list[web.BaseRunner] = []
         self._proxy_listener: ProxyListener | None = None
@@ -307,6 +322,8 @@ class Exporter:
             self.poller.reconfigure(config.deepseek, config.balance, config.accounts)
             self.proxy.reconfigure(config, prices)
             self.metrics.init_accounts(config.accounts, prices.labels)
+            if self.workers is not None:
+                self.workers.reload(config, prices)
             self._reload_ok.set(1)
             self._reload_time.set(self.clock())
             log.info("config reloaded: %d account(s)", len(config.accounts))
@@ -402,6 +419,27 @@ class Exporter:
         self.listening[url] = where
         return url
 
+    async def _start_workers(self, address: str) -> str:
+        assert self.metrics_dir is not None
+        if self.config.proxy.web_config_file is not None:
+            # Checked here too, so that a bad file refuses to start before any worker runs.
+            self._live_web_config(self.config.proxy.web_config_file, "proxy")
+        self.workers = ProxyWorkers(
+            self.worker_count,
+            self.config,
+            self.prices,
+            self.metrics_dir,
+            lambda: {a.name: self.proxy.account_currency(a.name) for a in self.config.accounts},
+            self._web_config_loaded,
+        )
+        host, port = split_listen_address(address)
+        port = await self.workers.start(host, port)
+        live = self._web_configs.get("proxy")
+        scheme = "https" if live is not None and live.tls else "http"
+        where, url = listener_description(scheme, host, port)
+        self.listening[url] = where
+        return url
+
     async def start(self) -> None:
         """Bind the listeners and start polling; a listener that cannot bind raises ListenError,
         a web config that does not load raises ConfigError."""
@@ -420,14 +458,18 @@ class Exporter:
             await self.proxy.open()
             address = self.config.proxy.listen_address
             try:
-                self.proxy_url = await self._serve_proxy(address)
+                if self.worker_count > 1:
+                    self.proxy_url = await self._start_workers(address)
+                else:
+                    self.proxy_url = await self._serve_proxy(address)
             except OSError as err:
                 flag, key = "--proxy.listen-address", "proxy.listen_address"
                 raise _bind_error(flag, key, address, err) from None
             log.info(
-                "proxy listener on %s, forwarding to %s",
+                "proxy listener on %s, forwarding to %s%s",
                 self.listening[self.proxy_url],
                 self.config.deepseek.base_url,
+                f", {self.worker_count} worker processes" if self.workers is not None else "",
             )
         self._poll_task = asyncio.create_task(
             self.poller.run(self.proxy.prime_costs), name="balance-poller"
@@ -447,10 +489,14 @@ class Exporter:
                 await asyncio.gather(task, return_exceptions=True)
         timeout = self.config.web.shutdown_timeout
         listener, self._proxy_listener = self._proxy_listener, None
+        workers, self.workers = self.workers, None
         await asyncio.gather(
             *(runner.cleanup() for runner in self._runners),
             *([listener.shutdown(timeout)] if listener is not None else []),
+            *([workers.stop(timeout)] if workers is not None else []),
         )
+        if self.metrics_dir is not None:
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
         self._runners.clear()
         for live in self._web_configs.values():
             live.close()

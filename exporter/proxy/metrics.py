@@ -74,6 +74,8 @@ class ProxyMetrics:
             "Requests being proxied right now.",
             ["account"],
             registry=registry,
+            # With worker processes (prometheus_client's multiprocess mode): the live ones' sum.
+            multiprocess_mode="livesum",
         )
         self.upstream_errors = Counter(
             "deepseek_upstream_errors",

@@ -6,16 +6,17 @@ taken at the window's start: snapshots of the cumulative per-account totals ever
 for a little over a day, give every window to within a minute. Before the process has run for a
 whole window, the window starts at start-up (when every counter was 0) and says so.
 
-The totals are read in one place, :func:`read_totals`, from this process's proxy metrics; a
-proxy that runs in several worker processes points it at totals summed across them.
+The totals are read in one place, :func:`read_totals`: from this process's proxy metrics, or,
+when worker processes serve the proxy (``--proxy.workers``), from their metrics summed.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from exporter.clock import Clock
 from exporter.proxy.metrics import ProxyMetrics
@@ -48,30 +49,41 @@ class Totals:
 TotalsReader = Callable[[], dict[str, Totals]]
 
 
-def read_totals(metrics: ProxyMetrics) -> dict[str, Totals]:
-    """Cumulative per-account totals from the proxy's counters (this process's registry)."""
+class MetricSource(Protocol):
+    """Anything with prometheus_client's ``collect()``: a registry, a custom collector."""
+
+    def collect(self) -> Iterable[Any]: ...
+
+
+def read_totals(source: ProxyMetrics | MetricSource) -> dict[str, Totals]:
+    """Cumulative per-account totals from the proxy's counters: this process's
+    :class:`ProxyMetrics`, or a collector of the same families (with ``--proxy.workers``, the
+    workers' metrics summed by the main process: exporter.workers.WorkerMetrics)."""
     requests: dict[str, float] = {}
     payment: dict[str, float] = {}
     errors: dict[str, float] = {}
     tokens: dict[str, float] = {}
     cost: dict[str, dict[str, float]] = {}
-    for sample in _samples(metrics.requests, "_total"):
-        account, code = sample.labels["account"], sample.labels["code"]
-        requests[account] = requests.get(account, 0.0) + sample.value
-        if code == "402":
-            payment[account] = payment.get(account, 0.0) + sample.value
-        elif code[:1] in ("4", "5"):
+    for family, sample in _samples(source):
+        if not sample.name.endswith("_total"):
+            continue
+        labels = sample.labels
+        account = labels["account"]
+        if family == "deepseek_requests":
+            requests[account] = requests.get(account, 0.0) + sample.value
+            code = labels["code"]
+            if code == "402":
+                payment[account] = payment.get(account, 0.0) + sample.value
+            elif code[:1] in ("4", "5"):
+                errors[account] = errors.get(account, 0.0) + sample.value
+        elif family == "deepseek_upstream_errors":
             errors[account] = errors.get(account, 0.0) + sample.value
-    for sample in _samples(metrics.upstream_errors, "_total"):
-        account = sample.labels["account"]
-        errors[account] = errors.get(account, 0.0) + sample.value
-    for sample in _samples(metrics.tokens, "_total"):
-        account = sample.labels["account"]
-        tokens[account] = tokens.get(account, 0.0) + sample.value
-    for sample in _samples(metrics.cost, "_total"):
-        by_currency = cost.setdefault(sample.labels["account"], {})
-        currency = sample.labels["currency"]
-        by_currency[currency] = by_currency.get(currency, 0.0) + sample.value
+        elif family == "deepseek_tokens":
+            tokens[account] = tokens.get(account, 0.0) + sample.value
+        else:
+            by_currency = cost.setdefault(account, {})
+            currency = labels["currency"]
+            by_currency[currency] = by_currency.get(currency, 0.0) + sample.value
     accounts = set(requests) | set(errors) | set(tokens) | set(cost)
     return {
         account: Totals(
@@ -85,11 +97,22 @@ def read_totals(metrics: ProxyMetrics) -> dict[str, Totals]:
     }
 
 
-def _samples(counter: object, suffix: str) -> Iterable:  # prometheus_client Sample objects
-    for family in counter.collect():  # type: ignore[attr-defined]
-        for sample in family.samples:
-            if sample.name.endswith(suffix):
-                yield sample
+_TOTALS_FAMILIES = frozenset(
+    {"deepseek_requests", "deepseek_upstream_errors", "deepseek_tokens", "deepseek_estimated_cost"}
+)
+
+
+def _samples(source: ProxyMetrics | MetricSource) -> Iterator[tuple[str, Any]]:
+    """(family name, sample) of the families the totals are made of."""
+    if isinstance(source, ProxyMetrics):
+        counters = (source.requests, source.upstream_errors, source.tokens, source.cost)
+        families: Iterable[Any] = (f for counter in counters for f in counter.collect())
+    else:
+        families = source.collect()
+    for family in families:
+        if family.name in _TOTALS_FAMILIES:
+            for sample in family.samples:
+                yield family.name, sample
 
 
 @dataclass(frozen=True)
