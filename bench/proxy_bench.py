@@ -62,6 +62,10 @@ TARGET_RPS = 1500
 TARGET_P99_CEILING_MS = 20.0
 TARGET_ADDED_TTFT_MS = 2.0
 TARGET_RSS_MB = 250
+# Issue 14: ratios to nginx in the same run.
+TARGET_CPU_PER_REQUEST_VS_NGINX = 5.0
+TARGET_CPU_PER_CHUNK_VS_NGINX = 2.0
+TARGET_ADDED_TTFT_32_MS = 0.5
 STREAM_CHUNKS = 64
 STREAM_INTERVAL_MS = 20
 HELD_STREAMS = 1000
@@ -577,6 +581,36 @@ def render(
         ),
     ]
     ttft_added = pct(p.ttft, 50) - pct(d.ttft, 50)
+    if c32["proxy"] and c32["nginx"]:
+        per_request = c32["proxy"].cpu_us_per_request / c32["nginx"].cpu_us_per_request
+        checks.append(
+            (
+                "CPU per non-streaming request vs nginx",
+                f"<= {TARGET_CPU_PER_REQUEST_VS_NGINX:g}x",
+                f"{per_request:.2f}x ({c32['proxy'].cpu_us_per_request:.1f} vs "
+                f"{c32['nginx'].cpu_us_per_request:.1f} µs)",
+                per_request <= TARGET_CPU_PER_REQUEST_VS_NGINX,
+            )
+        )
+    chunks = STREAM_CHUNKS + 2  # the data events, then usage and [DONE]
+    per_chunk = p.stream_cpu / n.stream_cpu
+    checks.append(
+        (
+            "CPU per streamed chunk vs nginx",
+            f"<= {TARGET_CPU_PER_CHUNK_VS_NGINX:g}x",
+            f"{per_chunk:.2f}x ({p.stream_cpu / chunks * 1e6:.1f} vs "
+            f"{n.stream_cpu / chunks * 1e6:.1f} µs, the stream's request included)",
+            per_chunk <= TARGET_CPU_PER_CHUNK_VS_NGINX,
+        )
+    )
+    checks.append(
+        (
+            "added time to first token, 32 streams (p50)",
+            f"<= {TARGET_ADDED_TTFT_32_MS} ms",
+            f"{ttft_added:.3f} ms",
+            ttft_added <= TARGET_ADDED_TTFT_32_MS,
+        )
+    )
     checks.append(
         (
             "added time to first token (p50)",
