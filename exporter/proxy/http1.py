@@ -25,13 +25,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 from urllib.parse import unquote
 
 import httptools
-
-if TYPE_CHECKING:
-    from exporter.proxy.relay import Exchange
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +89,19 @@ class Request:
     @property
     def has_body(self) -> bool:
         return self.chunked or bool(self.content_length)
+
+
+class Exchange(Protocol):
+    """What a connection tells the exchange answering its request (exporter.proxy.relay)."""
+
+    request: Request
+
+    def request_body(self, body: bytes) -> None: ...
+    def request_complete(self) -> None: ...
+    def client_lost(self) -> None: ...
+    def client_broke(self) -> None: ...
+    def client_paused(self) -> None: ...
+    def client_resumed(self) -> None: ...
 
 
 class _Refused(Exception):

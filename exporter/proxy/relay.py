@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -596,6 +595,3 @@ class Exchange:
     def upstream_resumed(self) -> None:
         if self.client_transport is not None and not self.client.queue:
             self.client_transport.resume_reading()
-
-
-Owner = Callable[..., None]
