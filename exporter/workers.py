@@ -388,6 +388,7 @@ async def _serve_worker(conn: Connection, spec: WorkerSpec) -> None:
             metrics.init_accounts(config.accounts, prices.labels)
         elif kind == "currencies":
             currencies.currencies = rest[0]
+            proxy.prime_costs()
 
     loop.add_reader(conn.fileno(), on_message)
     gc.collect()

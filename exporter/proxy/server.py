@@ -196,6 +196,7 @@ class Proxy:
         self.timeout = config.proxy.timeout
         self.max_body_bytes = config.proxy.max_body_bytes
         self.meter = Meter(self.metrics, prices, self.account_currency, self.clock)
+        self.prime_costs()
         if self._pool is not None and (
             old is None
             or old.deepseek.base_url != config.deepseek.base_url
@@ -337,6 +338,10 @@ class Proxy:
         client.exchange = exchange
         exchange.start()
 
+    def prime_costs(self) -> None:
+        """Cost series at 0 for every configured account whose currency is known by now."""
+        self.meter.prime(account.name for account in self.config.accounts)
+
     # -- what came of it (the exchange calls these) -----------------------------------------
 
     def _series_of(self, exchange: Exchange) -> _Series:
@@ -375,6 +380,8 @@ class Proxy:
         self.metrics.stream_aborts.labels(exchange.account, exchange.model, reason).inc()
         if exchange.status:
             series.duration.observe(time.perf_counter() - exchange.started)
+            if exchange.first_event is not None:  # the client got its first tokens
+                series.ttft.observe(exchange.first_event - exchange.started)
             self._meter_cut_stream(exchange)
         self._in_flight[exchange.account].dec()
 
