@@ -24,7 +24,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_client import CollectorRegistry, Gauge
 
-from exporter import __version__
+from exporter import __version__, eventloop
 from exporter.balance.collector import BalanceCollector
 from exporter.balance.poller import BalancePoller, retention_for
 from exporter.balance.store import HistoryStore
@@ -466,10 +466,11 @@ class Exporter:
                 flag, key = "--proxy.listen-address", "proxy.listen_address"
                 raise _bind_error(flag, key, address, err) from None
             log.info(
-                "proxy listener on %s, forwarding to %s%s",
+                "proxy listener on %s, forwarding to %s%s, event loop %s",
                 self.listening[self.proxy_url],
                 self.config.deepseek.base_url,
                 f", {self.worker_count} worker processes" if self.workers is not None else "",
+                eventloop.loop_name(),
             )
         self._poll_task = asyncio.create_task(
             self.poller.run(self.proxy.prime_costs), name="balance-poller"
@@ -514,6 +515,12 @@ def create_app(config: Config, **options: Any) -> Exporter:
 
 async def serve(exporter: Exporter) -> int:
     """Run until SIGTERM or SIGINT; SIGHUP reloads the configuration."""
+    # Before the listeners open: a SIGTERM sent as soon as /-/healthy answers must stop the
+    # exporter gracefully, not kill it.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
     try:
         await exporter.start()
     except ListenError as err:
@@ -524,10 +531,6 @@ async def serve(exporter: Exporter) -> int:
         log.error("config error: %s", err)
         await exporter.stop()
         return 1
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(exporter.reload()))
     await stop.wait()
     log.info("shutting down, letting in-flight requests finish")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from exporter import __version__
+from exporter import __version__, eventloop
 from exporter.app import create_app, load_all, serve
 from exporter.balance.store import StorageLocked
 from exporter.config import (
@@ -486,7 +486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from exporter.demo import run_demo
 
         try:
-            return asyncio.run(
+            return eventloop.run(
                 run_demo(
                     invocation.get("demo_simulator_address") or "127.0.0.1:0",
                     _overrides(invocation),
@@ -521,4 +521,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StorageLocked as err:
         log.error("%s", err)
         return 1
-    return asyncio.run(serve(exporter))
+    return eventloop.run(serve(exporter))

@@ -43,6 +43,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from exporter import eventloop
 from exporter.config import Config
 from exporter.proxy.pricing import PriceTable
 
@@ -336,7 +337,7 @@ def worker_main(conn: Connection, spec: WorkerSpec) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve_worker(conn, spec))
+        eventloop.run(_serve_worker(conn, spec))
 
 
 async def _serve_worker(conn: Connection, spec: WorkerSpec) -> None:

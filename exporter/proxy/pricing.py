@@ -133,6 +133,7 @@ class PriceTable:
         self._items = items or {}
         self._item_by_path = {path: name for name, i in self._items.items() for path in i.paths}
         self._item_by_tool = {i.tool: name for name, i in self._items.items() if i.tool}
+        self._item_names = frozenset(self._items)
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> PriceTable:
@@ -169,7 +170,7 @@ class PriceTable:
     @property
     def request_items(self) -> frozenset[str]:
         """Names of what is billed per request (``web-search``...): ``model`` label values too."""
-        return frozenset(self._items)
+        return self._item_names
 
     def item_for_path(self, path: str) -> str | None:
         """The per-request item a direct call to ``path`` (no query string) is billed as."""

@@ -104,16 +104,25 @@ class KeyBook:
             ]
         else:
             self.entries = [(a.api_key.fingerprint(), Identity(a.name)) for a in config.accounts]
+        # Keys already matched once, by their text: a dict lookup instead of a SHA-256 and a
+        # comparison per configured key on every request. Only keys of the config get in (it
+        # holds them anyway), so its size is bounded whatever clients send; str hashing is
+        # keyed (SipHash), so lookup timing tells a client nothing about the keys.
+        self._known: dict[str, Identity] = {}
 
     def identify(self, presented: str | None) -> Identity | None:
         """The identity for a key; None means refuse (custody) or count as unknown."""
         if not presented:
             return None
+        found = self._known.get(presented)
+        if found is not None:
+            return found
         digest = Secret(presented).fingerprint()
-        found = None
         for fingerprint, identity in self.entries:  # no early exit: timing says nothing
             if hmac.compare_digest(fingerprint, digest):
                 found = identity
+        if found is not None:
+            self._known[presented] = found
         return found
 
 
@@ -192,6 +201,7 @@ class Proxy:
         self.config = config
         self.prices = prices
         self.keys = KeyBook(config)
+        self._currencies = {a.name: a.currency for a in config.accounts if a.currency}
         self.base_url = config.deepseek.base_url
         self.timeout = config.proxy.timeout
         self.max_body_bytes = config.proxy.max_body_bytes
@@ -230,9 +240,9 @@ class Proxy:
         return pool
 
     def account_currency(self, account: str) -> str | None:
-        configured = self.config.account(account)
-        if configured is not None and configured.currency:
-            return configured.currency
+        configured = self._currencies.get(account)
+        if configured:
+            return configured
         return self.balances.charging_currency(account)
 
     # -- a request arrives ------------------------------------------------------------------

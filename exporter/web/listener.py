@@ -369,8 +369,8 @@ class _FirstBytes(asyncio.Protocol):
         self._timeout: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
+        self._transport = transport  # type: ignore[assignment]
         # The handshake timeout, counted from the connection as asyncio's own TLS server does.
         self._timeout = asyncio.get_running_loop().call_later(
             constants.SSL_HANDSHAKE_TIMEOUT, transport.abort
