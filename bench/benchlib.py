@@ -58,6 +58,17 @@ STREAM_BODY = json.dumps(
 CHAT_PATH = "/chat/completions"
 
 
+def stream_body(chunks: int | None = None, interval_ms: float | None = None) -> bytes:
+    """STREAM_BODY asking bench/upstream.py for another stream shape in the body itself (its
+    ``?chunks=&interval_ms=`` query does the same, but LiteLLM does not forward a query)."""
+    body = json.loads(STREAM_BODY)
+    if chunks is not None:
+        body["bench_chunks"] = chunks
+    if interval_ms is not None:
+        body["bench_interval_ms"] = interval_ms
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
 def build_request(port: int, path: str, body: bytes) -> bytes:
     return (
         f"POST {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nAuthorization: Bearer {API_KEY}\r\n"
@@ -505,7 +516,9 @@ def latency_run(port: int, seconds: float, warmup: float = 0.3) -> list[float]:
 # --------------------------------------------------------------------------------------------
 # an asyncio streaming client
 
-_T_RE = re.compile(rb'"seq":(\d+),"t":(\d+)')
+# bench/upstream.py puts each chunk's number and send time in its delta content, which every
+# proxy keeps (LiteLLM re-serialises chunks and drops fields it does not know)
+_T_RE = re.compile(rb'"content":"seq=(\d+),t=(\d+)"')
 
 
 @dataclass

@@ -6,10 +6,14 @@ One listener serves both benchmark upstreams:
   ``chat.completion`` JSON with usage at once (prebuilt bytes, one ``write``);
 * the **slow upstream**: ``"stream": true`` gets SSE over chunked encoding: chunk 0 at once, then
   one chunk every ``interval_ms`` (default 20) until ``chunks`` (default 64) are sent, then a
-  usage chunk and ``data: [DONE]``. Each chunk carries ``"t"``, the ``time.monotonic_ns()`` at
-  which it was written (CLOCK_MONOTONIC is system-wide on Linux, so a client in another process
-  can compute each chunk's one-way delivery delay). ``?interval_ms=1000&chunks=100000`` holds a
-  stream open for the RSS measurement.
+  usage chunk and ``data: [DONE]``. Each chunk's delta content is ``seq=<n>,t=<ns>``: its number
+  and the ``time.monotonic_ns()`` at which it was written (CLOCK_MONOTONIC is system-wide on
+  Linux, so a client in another process can compute each chunk's one-way delivery delay). They
+  travel in the content, not in fields of their own, because a proxy that re-serialises chunks
+  (LiteLLM) keeps the content and drops fields it does not know. ``?interval_ms=1000&chunks=100000``
+  holds a stream open for the RSS measurement; the same knobs also work as ``"bench_interval_ms"``
+  and ``"bench_chunks"`` in the request body, which a re-serialising proxy forwards (LiteLLM
+  drops the query string).
 
 Chunks are scheduled at absolute times (``loop.call_at``), so the upstream's own gaps do not drift.
 Run: ``python bench/upstream.py [--host 127.0.0.1] [--port 0]``; prints ``PORT <n>`` when ready.
@@ -76,8 +80,8 @@ def _chunked(payload: bytes) -> bytes:
 def _event(seq: int) -> bytes:
     data = (
         b'data: {"id":"bench-s","object":"chat.completion.chunk","created":1700000000,'
-        b'"model":"deepseek-chat","choices":[{"index":0,"delta":{"content":"tok"},'
-        b'"finish_reason":null}],"usage":null,"seq":%d,"t":%d}\n\n' % (seq, time.monotonic_ns())
+        b'"model":"deepseek-chat","choices":[{"index":0,"delta":{"content":"seq=%d,t=%d"},'
+        b'"finish_reason":null}],"usage":null}\n\n' % (seq, time.monotonic_ns())
     )
     return _chunked(data)
 
@@ -168,8 +172,12 @@ class UpstreamProtocol(asyncio.Protocol):
         target = head[: head.find(b"\r\n")].split(b" ")[1].decode()
         query = parse_qs(urlsplit(target).query)
         chunks = int(query.get("chunks", [DEFAULT_CHUNKS])[0])
-        interval = float(query.get("interval_ms", [DEFAULT_INTERVAL_MS])[0]) / 1000
-        self.stream = Stream(self.transport, chunks, interval)
+        interval_ms = float(query.get("interval_ms", [DEFAULT_INTERVAL_MS])[0])
+        if b'"bench_' in body:  # parse JSON only when a knob is there: the plain case stays cheap
+            fields = json.loads(body)
+            chunks = int(fields.get("bench_chunks", chunks))
+            interval_ms = float(fields.get("bench_interval_ms", interval_ms))
+        self.stream = Stream(self.transport, chunks, interval_ms / 1000)
 
 
 async def serve(host: str, port: int) -> None:
