@@ -257,11 +257,11 @@ class Noise:
 
 
 NGINX_CONF = """\
-worker_processes 1;
-worker_rlimit_nofile 16384;
+worker_processes {workers};
+worker_rlimit_nofile 20000;
 pid {tmp}/nginx.pid;
 error_log {tmp}/nginx-error.log warn;
-events {{ worker_connections 8192; }}
+events {{ worker_connections 16384; }}
 http {{
     access_log off;
     client_body_temp_path {tmp}/client_body;
@@ -301,15 +301,18 @@ http {{
 
 class Nginx:
     """nginx as a plain reverse proxy: one port for the fast upstream (default buffering), one
-    for SSE (``proxy_buffering off``), both with a keep-alive upstream pool; one worker, the same
-    single core the proxy gets."""
+    for SSE (``proxy_buffering off``), both with a keep-alive upstream pool; one worker (the
+    same single core the proxy gets) unless told otherwise."""
 
-    def __init__(self, tmp: Path, upstream_port: int) -> None:
+    def __init__(self, tmp: Path, upstream_port: int, workers: int = 1) -> None:
         self.fast_port = free_port()
         self.stream_port = free_port()
+        tmp = tmp / f"nginx-{workers}"
+        tmp.mkdir(exist_ok=True)
         self.conf = tmp / "nginx.conf"
         self.conf.write_text(
             NGINX_CONF.format(
+                workers=workers,
                 tmp=tmp,
                 host=HOST,
                 upstream_port=upstream_port,
@@ -370,6 +373,7 @@ class WrkResult:
     p99_ms: float
     max_ms: float
     cpu_seconds: float = 0.0  # of the measured middle process(es) during the run
+    machine_busy: float = 0.0  # share of all the machine's cores busy during the run
 
     @property
     def rps(self) -> float:
@@ -395,6 +399,7 @@ def run_wrk(
     path: str = CHAT_PATH,
 ) -> WrkResult:
     cpu0 = cpu_seconds(cpu_pids)
+    busy0, wall0 = machine_busy_seconds(), time.monotonic()
     out = subprocess.run(
         [
             "wrk",
@@ -412,6 +417,7 @@ def run_wrk(
         check=True,
     )
     cpu = cpu_seconds(cpu_pids) - cpu0
+    busy = (machine_busy_seconds() - busy0) / ((time.monotonic() - wall0) * (os.cpu_count() or 1))
     line = next((x for x in out.stdout.splitlines() if x.startswith("BENCH ")), None)
     if line is None:
         raise RuntimeError(f"wrk printed no summary:\n{out.stdout}\n{out.stderr}")
@@ -427,6 +433,7 @@ def run_wrk(
         p99_ms=data["p99_us"] / 1000,
         max_ms=data["max_us"] / 1000,
         cpu_seconds=cpu,
+        machine_busy=busy,
     )
 
 
@@ -573,10 +580,10 @@ async def sse_request(
     return StreamResult(ttft if ttft is not None else float("nan"), arrivals, sent, usage and done)
 
 
-async def open_held_stream(port: int, path: str) -> tuple[asyncio.StreamWriter, asyncio.Task]:
+async def open_held_stream(port: int, body: bytes) -> tuple[asyncio.StreamWriter, asyncio.Task]:
     """Start a long stream, wait for its first event, then keep draining it in the background."""
     reader, writer = await asyncio.open_connection(HOST, port)
-    writer.write(build_request(port, path, STREAM_BODY))
+    writer.write(build_request(port, CHAT_PATH, body))
     await _read_head(reader)
     await reader.readuntil(b"\n\n")
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import uvloop
 
 from exporter.simulator import Simulator
 from tests.harness import USD_KEY, running_simulator, wait_until
@@ -453,6 +454,8 @@ def test_listeners_are_logged_as_they_listen(tmp_path: Path) -> None:
     assert f"metrics listener on http://127.0.0.1:{web} (every address, port {web})" in output
     assert f"proxy listener on http://[::1]:{proxy}, forwarding" in output
     assert "http://::1" not in output
+    # uvloop is a dependency here (Linux): the server runs on it, and says so.
+    assert f"event loop uvloop {uvloop.__version__}" in output
 
 
 def _answers(url: str) -> bool:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import httpx
 import openai
@@ -611,3 +612,25 @@ def test_account_currency_override(sim: Simulator, background_loop: BackgroundLo
             )
             is None
         )
+
+
+def test_keys_are_remembered_only_once_they_match(tmp_path: Path) -> None:
+    """The per-request shortcut (a dict of keys already matched) holds configured keys only,
+    however many unknown keys clients send, and answers exactly as the digest comparison."""
+    from exporter.config import load_config
+    from exporter.proxy.server import KeyBook
+
+    path = tmp_path / "c.yml"
+    path.write_text(
+        "accounts:\n  - {name: prod, api_key: sk-prod-0123456789}\n"
+        "  - {name: dev, api_key: sk-dev-0123456789}\n"
+    )
+    book = KeyBook(load_config(path, environ={}))
+    for i in range(1000):
+        assert book.identify(f"sk-unknown-{i}") is None
+    assert book._known == {}
+    for _ in range(2):  # first by digest, then from the dict: the same answer
+        prod, dev = book.identify("sk-prod-0123456789"), book.identify("sk-dev-0123456789")
+        assert (prod.account, dev.account) == ("prod", "dev")
+    assert book.identify("sk-prod-012345678") is None  # a prefix is not a key
+    assert len(book._known) == 2
