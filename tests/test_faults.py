@@ -47,6 +47,7 @@ import re
 import resource
 import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
@@ -614,6 +615,34 @@ def test_200_without_usage(bench: Bench, stream: bool) -> None:
         requests={("prod", MODEL, "200"): REPEAT},
         usage_missing={("prod", MODEL): REPEAT},
     )
+
+
+def test_a_client_that_reads_slowly_leaves_the_upstream_connection_usable(bench: Bench) -> None:
+    """A big reply read slowly: the proxy pauses reading the upstream whenever the client falls
+    behind and resumes as it catches up; the reply arrives whole, and the upstream connection
+    goes back to the pool usable: the next requests on it are answered, not left to time out
+    (504). That the pool resumes a connection released while paused is tested directly in
+    test_proxy.py: which write of a reply crosses the high-water mark is up to the scheduler."""
+    size = 2 * 1024 * 1024
+    bench.sim.add_fault("huge", path=CHAT, size=size)
+    client = RawClient(bench)
+    body = chat_body()
+    client.sock.sendall(RawClient.request_head(len(body)) + body)
+    client.read_until(b"\r\n\r\n")
+    head, _, rest = client.received.partition(b"\r\n\r\n")
+    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+    received = len(rest)
+    while received < length:
+        time.sleep(0.002)  # slower than loopback: the proxy's buffer toward us fills up
+        chunk = client.sock.recv(16384)
+        assert chunk
+        received += len(chunk)
+    client.close()
+    assert received == length == size
+    for _ in range(REPEAT):  # on the pooled connection: answered, not a 504
+        response = bench.post()
+        assert response.status_code == 200, response.text
+    bench.check(requests={("prod", MODEL, "200"): REPEAT + 1})
 
 
 # -- the client fails -------------------------------------------------------------------------

@@ -11,10 +11,12 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
 import pytest
+import uvloop
 
 from exporter.config import AccountConfig, ProxyClientConfig, Secret
 from exporter.proxy.metrics import PREINITIALISED_CODES
@@ -634,3 +636,31 @@ def test_keys_are_remembered_only_once_they_match(tmp_path: Path) -> None:
         assert (prod.account, dev.account) == ("prod", "dev")
     assert book.identify("sk-prod-012345678") is None  # a prefix is not a key
     assert len(book._known) == 2
+
+
+@pytest.mark.parametrize("loop_factory", [asyncio.new_event_loop, uvloop.new_event_loop])
+def test_a_connection_back_in_the_pool_reads_again(loop_factory: Any) -> None:
+    """An exchange can end with the upstream connection's reading paused (the last bytes' write
+    to a slow client crossed its high-water mark after they were read); the pool must not hand
+    out a connection that would never read the next response. Real loopback sockets, on both
+    event loops the exporter may run on."""
+    from exporter.proxy.upstream import UpstreamPool
+
+    async def scenario() -> None:
+        server = await asyncio.get_running_loop().create_server(asyncio.Protocol, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        pool = UpstreamPool(f"http://127.0.0.1:{port}", connect_timeout=5)
+        try:
+            connection = await pool.connect()
+            assert connection.transport is not None
+            connection.transport.pause_reading()
+            pool.release(connection)
+            again = pool.take_idle()
+            assert again is connection
+            assert again.transport is not None and again.transport.is_reading()
+        finally:
+            pool.close()
+            server.close()
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(scenario())

@@ -57,6 +57,7 @@ class Exchange:
         "account",
         "chunked_body",
         "client",
+        "client_paused_by_upstream",
         "client_transport",
         "close_after",
         "complete",
@@ -145,6 +146,7 @@ class Exchange:
         self.rechunk = False  # a body whose end is the upstream's close, chunked for the client
         self.model: str | None = None  # the metric label, once known
         self.series: Any = None
+        self.client_paused_by_upstream = False
 
     def _frame(self, body: bytes) -> bytes:
         if self.chunked_body and body:
@@ -383,6 +385,10 @@ class Exchange:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.client_paused_by_upstream and not self.client.closed:
+            # Ended while the upstream was not taking the request body as fast as the client
+            # sent it: the client's connection must read again for its next request.
+            self.upstream_resumed()
 
     def _complete(self) -> None:
         self._stop()
@@ -481,8 +487,10 @@ class Exchange:
 
     def upstream_paused(self) -> None:
         if self.client_transport is not None:
+            self.client_paused_by_upstream = True
             self.client_transport.pause_reading()
 
     def upstream_resumed(self) -> None:
+        self.client_paused_by_upstream = False
         if self.client_transport is not None and not self.client.queue:
             self.client_transport.resume_reading()

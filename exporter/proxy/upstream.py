@@ -127,6 +127,10 @@ class UpstreamPool:
             if transport is not None:
                 transport.close()
             return
+        # Its exchange may have ended with reading paused: the last bytes' write to a slow
+        # client crossed the client's high-water mark after they were read. Left paused, the
+        # next request's response would never be read.
+        transport.resume_reading()
         loop = connection.loop
         connection.idle_since = loop.time()
         self.idle.append(connection)
