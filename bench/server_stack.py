@@ -46,11 +46,11 @@ from aiohttp import web
 import benchlib as bl
 
 sys.path.insert(0, str(bl.REPO))
-from exporter.proxy.server import HOP_BY_HOP  # the same header rules as the real proxy
+from exporter.proxy.relay import HOP_BY_HOP_BYTES  # the real proxy's header rules
 
 SECTION = "server_stack"
 DOC = bl.REPO / "docs" / "benchmarks.md"
-HOP_BY_HOP_BYTES = frozenset(h.encode() for h in HOP_BY_HOP)
+HOP_BY_HOP = frozenset(h.decode() for h in HOP_BY_HOP_BYTES)
 SKIP_AUTO = ("User-Agent", "Accept-Encoding", "Accept", "Content-Type")
 
 CANDIDATES = {

@@ -170,7 +170,6 @@ class ClientConnection(asyncio.Protocol):
         self.exchange: Exchange | None = None  # the request being answered
         self.queue: deque[Request] = deque()  # complete requests waiting their turn
         self.incoming: Request | None = None  # the request being parsed
-        self.writing_paused = False
         self.busy = False  # a request is being answered (or waits for the listener's gate)
         self.closed = False
         self._url: list[bytes] = []
@@ -201,13 +200,11 @@ class ClientConnection(asyncio.Protocol):
         self.queue.clear()
 
     def pause_writing(self) -> None:
-        self.writing_paused = True
         exchange = self.exchange
         if exchange is not None:
             exchange.client_paused()
 
     def resume_writing(self) -> None:
-        self.writing_paused = False
         exchange = self.exchange
         if exchange is not None:
             exchange.client_resumed()

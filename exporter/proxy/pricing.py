@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import bisect
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, InvalidOperation
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -67,6 +67,7 @@ class _Rate:
         return cls(price, ints[0], ints[1], ints[2], exponent - 6)
 
 
+_T = TypeVar("_T")
 # Per currency: (peak rate, off-peak rate); a flat price is the same object twice.
 _Entry = dict[str, tuple[_Rate, _Rate]]
 
@@ -387,25 +388,33 @@ def _rates(path: str, value: Any) -> tuple[_Rate, _Rate]:
     return rate, rate
 
 
-def _model(path: str, value: Any) -> _Model:
-    prices = _list(f"{path}.prices", _mapping(path, value, ("prices",))["prices"])
-    if not prices:
-        raise PricingError(f"{path}.prices: must not be empty")
+def _by_currency(
+    path: str, items: list[Any], parse: Callable[[str, Any], _T]
+) -> tuple[list[datetime], list[dict[str, _T]]]:
+    """Dated entries (``from``, optional ``note``, a price per currency key), in time order:
+    their starts, and each one's prices by currency as ``parse`` reads them."""
     starts: list[datetime] = []
-    entries: list[_Entry] = []
-    for i, (start, item) in enumerate(_dated(f"{path}.prices", prices)):
-        item_path = f"{path}.prices[{i}]"
+    entries: list[dict[str, _T]] = []
+    for i, (start, item) in enumerate(_dated(path, items)):
+        item_path = f"{path}[{i}]"
         _mapping(item_path, item, ("from",), ("note", "usd", "cny"))
         _note(item_path, item)
         starts.append(start)
         entries.append(
             {
-                currency: _rates(f"{item_path}.{key}", item[key])
+                currency: parse(f"{item_path}.{key}", item[key])
                 for key, currency in _CURRENCY_KEYS.items()
                 if key in item
             }
         )
-    return _Model(starts, entries)
+    return starts, entries
+
+
+def _model(path: str, value: Any) -> _Model:
+    prices = _list(f"{path}.prices", _mapping(path, value, ("prices",))["prices"])
+    if not prices:
+        raise PricingError(f"{path}.prices: must not be empty")
+    return _Model(*_by_currency(f"{path}.prices", prices, _rates))
 
 
 def _note(path: str, item: Mapping[str, Any]) -> None:
@@ -460,21 +469,7 @@ def _window(path: str, value: Any) -> tuple[int, int]:
 
 
 def _dated_request_prices(path: str, value: Any) -> _Dated:
-    starts: list[datetime] = []
-    entries: list[dict[str, Decimal]] = []
-    for i, (start, item) in enumerate(_dated(path, _list(path, value))):
-        item_path = f"{path}[{i}]"
-        _mapping(item_path, item, ("from",), ("note", "usd", "cny"))
-        _note(item_path, item)
-        starts.append(start)
-        entries.append(
-            {
-                currency: _number(f"{item_path}.{key}", item[key])
-                for key, currency in _CURRENCY_KEYS.items()
-                if key in item
-            }
-        )
-    return _Dated(starts, entries)
+    return _Dated(*_by_currency(path, _list(path, value), _number))
 
 
 def _request_item(path: str, value: Any) -> _RequestItem:

@@ -223,8 +223,10 @@ class Exchange:
     def feed(self, data: bytes) -> None:
         """Bytes from the upstream."""
         self.last_read = self.loop.time()
-        if self.stage is RAW:
-            self.client_transport.write(data)  # type: ignore[union-attr]
+        stage = self.stage
+        if stage is RAW or stage is DECODED:
+            if stage is RAW:  # as it came; DECODED writes from on_body
+                self.client_transport.write(data)  # type: ignore[union-attr]
             try:
                 self.parser.feed_data(data)
             except httptools.HttpParserError:
@@ -233,16 +235,7 @@ class Exchange:
             if self.complete:
                 self._complete()
             return
-        if self.stage is DECODED:
-            try:
-                self.parser.feed_data(data)
-            except httptools.HttpParserError:
-                self._cut("upstream_disconnect")
-                return
-            if self.complete:
-                self._complete()
-            return
-        if self.stage is not SENT:
+        if stage is not SENT:
             return
         self.head_bytes.append(data)
         try:

@@ -29,12 +29,12 @@ from exporter.proxy.http1 import ClientConnection, Gate, ProxyListener, Request,
 from exporter.proxy.metering import Meter
 from exporter.proxy.metrics import UNKNOWN_ACCOUNT, ProxyMetrics
 from exporter.proxy.pricing import PriceTable
-from exporter.proxy.relay import HOP_BY_HOP_BYTES, MAX_METERED_BODY, Exchange, UpstreamPool
+from exporter.proxy.relay import HOP_BY_HOP_BYTES, MAX_METERED_BODY, Exchange
+from exporter.proxy.upstream import UpstreamPool
 from exporter.proxy.usage import usage_from_json_body
 
 log = logging.getLogger(__name__)
 
-HOP_BY_HOP = frozenset(name.decode() for name in HOP_BY_HOP_BYTES)
 # Not forwarded either: the proxy sets the body's framing itself, and answers 100-continue.
 _NOT_FORWARDED = HOP_BY_HOP_BYTES | {b"content-length", b"expect"}
 _KEY_HEADERS = (b"authorization", b"x-api-key")

@@ -4,6 +4,7 @@ API and the per-request web Search and Fetch calls, with the request validation 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -22,7 +23,7 @@ from exporter.simulator.generation import (
     text_of,
 )
 from exporter.simulator.ledger import Ledger
-from exporter.simulator.records import RECORD, RequestRecord
+from exporter.simulator.records import RECORD, Event, RequestRecord
 from exporter.simulator.responses import responses_events, responses_object
 from exporter.simulator.settings import SimSettings
 from exporter.simulator.writer import Writer, no_usage
@@ -103,17 +104,17 @@ class ApiHandlers:
             (json.dumps(m, sort_keys=True, default=str), len(text_of(m.get("content"))))
             for m in messages
         ]
-        with self.ledger.admit(name):
-            response = await self.writer.wait_for_inference(request, stream)
-            gen = self._infer(record, canonical, units, thinking, max_tokens)
-            if not stream:
-                obj = chat_object(gen, no_usage(request))
-                return await self.writer.send_json(request, obj, response)
-            s = self.settings
-            events = chat_events(
-                gen, include_usage, no_usage(request), s.stream_chunks, s.stream_usage
-            )
-            return await self.writer.send_events(request, events, response)
+        s = self.settings
+        return await self._reply(
+            request,
+            name,
+            stream,
+            lambda: self._infer(record, canonical, units, thinking, max_tokens),
+            chat_object,
+            lambda gen, omit: chat_events(
+                gen, include_usage, omit, s.stream_chunks, s.stream_usage
+            ),
+        )
 
     async def fim(self, request: web.Request) -> web.StreamResponse:
         record: RequestRecord = request[RECORD]
@@ -132,17 +133,15 @@ class ApiHandlers:
         options = body.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
         units = [(prompt, len(prompt)), ("\0suffix\0" + (suffix or ""), len(suffix or ""))]
-        with self.ledger.admit(name):
-            response = await self.writer.wait_for_inference(request, stream)
-            gen = self._infer(record, canonical, units, False, max_tokens)
-            if not stream:
-                obj = fim_object(gen, no_usage(request))
-                return await self.writer.send_json(request, obj, response)
-            s = self.settings
-            events = fim_events(
-                gen, include_usage, no_usage(request), s.stream_chunks, s.stream_usage
-            )
-            return await self.writer.send_events(request, events, response)
+        s = self.settings
+        return await self._reply(
+            request,
+            name,
+            stream,
+            lambda: self._infer(record, canonical, units, False, max_tokens),
+            fim_object,
+            lambda gen, omit: fim_events(gen, include_usage, omit, s.stream_chunks, s.stream_usage),
+        )
 
     async def anthropic(self, request: web.Request) -> web.StreamResponse:
         record: RequestRecord = request[RECORD]
@@ -159,14 +158,14 @@ class ApiHandlers:
             for m in messages
         ]
         tools = _server_tools(body, _ANTHROPIC_TOOLS)
-        with self.ledger.admit(name):
-            response = await self.writer.wait_for_inference(request, stream)
-            gen = self._infer(record, canonical, units, thinking, max_tokens, tools)
-            if not stream:
-                message = anthropic_message(gen, no_usage(request))
-                return await self.writer.send_json(request, message, response)
-            events = anthropic_events(gen, no_usage(request), self.settings.stream_chunks)
-            return await self.writer.send_events(request, events, response)
+        return await self._reply(
+            request,
+            name,
+            stream,
+            lambda: self._infer(record, canonical, units, thinking, max_tokens, tools),
+            anthropic_message,
+            lambda gen, omit: anthropic_events(gen, omit, self.settings.stream_chunks),
+        )
 
     async def responses(self, request: web.Request) -> web.StreamResponse:
         record: RequestRecord = request[RECORD]
@@ -185,14 +184,33 @@ class ApiHandlers:
             isinstance(reasoning, dict) and reasoning.get("effort") not in (None, "none")
         )
         tools = _server_tools(body, _RESPONSES_TOOLS)
+        return await self._reply(
+            request,
+            name,
+            stream,
+            lambda: self._infer(record, canonical, units, thinking, max_tokens, tools),
+            responses_object,
+            lambda gen, omit: responses_events(gen, omit, self.settings.stream_chunks),
+        )
+
+    async def _reply(
+        self,
+        request: web.Request,
+        name: str,
+        stream: bool,
+        infer: Callable[[], Generation],
+        whole: Callable[[Generation, bool], dict[str, Any]],
+        events: Callable[[Generation, bool], list[Event]],
+    ) -> web.StreamResponse:
+        """Within the account's concurrency limit: wait the inference delay, run ``infer``,
+        and send the result as one object or as events (either told whether to omit usage)."""
         with self.ledger.admit(name):
             response = await self.writer.wait_for_inference(request, stream)
-            gen = self._infer(record, canonical, units, thinking, max_tokens, tools)
+            gen = infer()
+            omit_usage = no_usage(request)
             if not stream:
-                obj = responses_object(gen, no_usage(request))
-                return await self.writer.send_json(request, obj, response)
-            events = responses_events(gen, no_usage(request), self.settings.stream_chunks)
-            return await self.writer.send_events(request, events, response)
+                return await self.writer.send_json(request, whole(gen, omit_usage), response)
+            return await self.writer.send_events(request, events(gen, omit_usage), response)
 
     async def search(self, request: web.Request) -> web.StreamResponse:
         query = await self._per_request_call(request, "query", "web-search")

@@ -29,7 +29,6 @@ the money run out if nobody tops up", so that is what it is judged against.
 
 from __future__ import annotations
 
-import math
 import random
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
@@ -342,15 +341,3 @@ def generate(
         runaways=runaways,
         exhausted_at=exhausted_at,
     )
-
-
-def is_runaway(history: History, at: float, linger: float = 0.0) -> bool:
-    """Whether ``at`` is inside a runaway, or within ``linger`` seconds after one ended."""
-    return any(begin <= at < end + linger for begin, end in history.runaways)
-
-
-def hours_before(history: History, at: float) -> float:
-    """Hours between ``at`` and the moment the balance ran out (NaN if it never did)."""
-    if history.exhausted_at is None:
-        return math.nan
-    return (history.exhausted_at - at) / HOUR
